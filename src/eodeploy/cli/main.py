@@ -1,0 +1,211 @@
+"""The ``eodeploy`` command line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from eodeploy.cli import data_cmd, models_cmd
+from eodeploy.cli._common import console, err_console, handle_errors, progress, settings
+
+app = typer.Typer(
+    help="Take a trained Earth-observation model from training to production.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(models_cmd.app, name="models")
+app.add_typer(data_cmd.app, name="data")
+
+RepoOpt = Annotated[Optional[Path], typer.Option("--repo", help="Model repository (default: EODEPLOY_MODEL_REPO or ./models).")]
+
+
+def _repo(repo: Path | None) -> Path:
+    return repo if repo is not None else settings().model_repo
+
+
+@app.command()
+@handle_errors
+def evaluate(
+    package: Annotated[Optional[str], typer.Argument(help="Package folder, or NAME[:VERSION] in the repository.")] = None,
+    data: Annotated[Optional[Path], typer.Argument(help="EuroSAT-layout folder of labelled patches.")] = None,
+    split: Annotated[str, typer.Option(help="Which files to use: test, val, train (the split recorded in the package) or all.")] = "test",
+    repo: RepoOpt = None,
+    plot: Annotated[Optional[Path], typer.Option(help="Where to write the confusion-matrix PNG (default: in the package).")] = None,
+    save: Annotated[bool, typer.Option(help="Store the results in the package.")] = True,
+) -> None:
+    """Accuracy, per-class precision/recall/F1 and the confusion matrix of a package on labelled data."""
+    from eodeploy.evaluate.report import confusion_table, evaluate as run_eval, load_for_package, plot_confusion, report_table
+    from eodeploy.package import open_package
+    from eodeploy.runtime import Predictor
+
+    cfg = settings()
+    pkg = open_package(package or cfg.default_model, _repo(repo))
+    predictor = Predictor(pkg)
+    data_dir = data or cfg.data_dir
+    with err_console.status(f"reading {data_dir}"):
+        dataset = load_for_package(predictor, data_dir, split)
+    report = run_eval(predictor, dataset)
+    console.print(f"[bold]{pkg.name}[/] v{pkg.version} on {data_dir} ({split}: {report['n']} patches)")
+    console.print(report_table(report))
+    console.print(confusion_table(report))
+    if save:
+        png = plot_confusion(report, plot or pkg.path / f"confusion_{split}.png")
+        evaluations = dict(pkg.properties.get("eodeploy:evaluations", {}))
+        key = f"{Path(data_dir).name}:{split}"
+        evaluations[key] = {k: report[k] for k in ("n", "accuracy", "macro_f1", "data_hash", "evaluated")}
+        pkg.update_properties({"eodeploy:evaluations": evaluations})
+        console.print(f"confusion matrix plot: {png}")
+    elif plot:
+        console.print(f"confusion matrix plot: {plot_confusion(report, plot)}")
+
+
+@app.command()
+@handle_errors
+def train(
+    data: Annotated[Optional[Path], typer.Argument(help="EuroSAT-layout folder (default: EODEPLOY_DATA_DIR).")] = None,
+    name: Annotated[str, typer.Option(help="Model name in the repository.")] = "eurosat-cnn",
+    arch: Annotated[str, typer.Option(help="compact-cnn or resnet18.")] = "compact-cnn",
+    epochs: Annotated[int, typer.Option(help="Most epochs; early stopping may end sooner.")] = 150,
+    patience: Annotated[int, typer.Option(help="Epochs without validation gain before stopping.")] = 40,
+    seed: Annotated[int, typer.Option(help="Seed of the split and of training.")] = 0,
+    cv: Annotated[int, typer.Option(help="Also train on this many other seeded splits and record mean/spread of test accuracy.")] = 0,
+    threads: Annotated[int, typer.Option(help="PyTorch threads (0: all cores).")] = 0,
+    repo: RepoOpt = None,
+) -> None:
+    """Train a CNN with PyTorch on CPU and write it as a new package version."""
+    from eodeploy.package import ModelRepository
+    from eodeploy.train.pipeline import cross_validate, train_package
+    from eodeploy.train.trainer import TrainConfig
+
+    data_dir = data or settings().data_dir
+    config = TrainConfig(arch=arch, epochs=epochs, patience=patience, seed=seed, threads=threads or None)
+    cv_result = None
+    with progress() as bar:
+        if cv:
+            seeds = [seed + 1 + i for i in range(cv)]
+            task = bar.add_task("cross-validation", total=cv, info="")
+            cv_result = cross_validate(
+                data_dir, config, seeds,
+                on_result=lambda s, r: bar.update(task, advance=1, info=f"seed {s}: test acc {r['accuracy']:.3f}"),
+            )  # fmt: skip
+        task = bar.add_task("training", total=epochs, info="")
+
+        def on_epoch(epoch: int, row: dict[str, float]) -> None:
+            bar.update(task, completed=epoch, info=f"val acc {row['val_acc']:.3f} loss {row['val_loss']:.3f}")
+
+        pkg = train_package(data_dir, ModelRepository(_repo(repo)), name, config, seed, on_epoch, cv_result)
+        bar.update(task, completed=epochs)
+    m = pkg.properties["eodeploy:metrics"]
+    console.print(
+        f"wrote [bold]{pkg.name}[/] v{pkg.version} at {pkg.path}: test accuracy {m['accuracy']:.2%}, "
+        f"macro-F1 {m['macro_f1']:.3f} (n={m['n']})"
+    )
+    if cv_result:
+        console.print(
+            f"cross-validation over {len(cv_result['seeds'])} other splits: test accuracy "
+            f"{cv_result['test_accuracy_mean']:.2%} ± {cv_result['test_accuracy_std']:.2%}"
+        )
+
+
+@app.command("import")
+@handle_errors
+def import_(
+    path: Annotated[Path, typer.Argument(help="Model file or folder: .keras, .h5, SavedModel folder, .tflite, .onnx, TorchScript .pt, or a state dict with --module.")],
+    name: Annotated[str, typer.Option(help="Model name in the repository.")],
+    classes: Annotated[Optional[str], typer.Option(help="Comma-separated class names, in output order.")] = None,
+    bands: Annotated[Optional[str], typer.Option(help="Comma-separated input band names, in input order (default: EuroSAT-MS order for 13 bands).")] = None,
+    module: Annotated[Optional[str], typer.Option(help="For a PyTorch state dict: 'package.module:ClassName' building the network.")] = None,
+    module_kwargs: Annotated[Optional[str], typer.Option(help="JSON keyword arguments for --module.")] = None,
+    scaling: Annotated[Optional[str], typer.Option(help="Preprocessing as MLM value_scaling JSON (one object, or one per band).")] = None,
+    layout: Annotated[Optional[str], typer.Option(help="NCHW or NHWC (default: read from the model).")] = None,
+    output: Annotated[Optional[str], typer.Option(help="'probabilities' or 'logits' (default: detected).")] = None,
+    derived_from: Annotated[Optional[str], typer.Option(help="NAME:VERSION of the package this one was derived from.")] = None,
+    repo: RepoOpt = None,
+) -> None:
+    """Import a Keras, TensorFlow, TFLite, ONNX or PyTorch model as a new package version."""
+    from eodeploy.package import ModelRepository
+    from eodeploy.package.importers import ImportOptions, import_model
+
+    opts = ImportOptions(
+        classes=classes.split(",") if classes else None,
+        bands=bands.split(",") if bands else None,
+        module=module,
+        module_kwargs=json.loads(module_kwargs) if module_kwargs else {},
+        value_scaling=_scaling(scaling),
+        layout=layout,
+        output_kind=output,
+        derived_from=_ref(derived_from),
+    )
+    with err_console.status(f"converting {path}"):
+        pkg = import_model(path, name, ModelRepository(_repo(repo)), opts)
+    conv = pkg.properties["eodeploy:conversion"]
+    console.print(
+        f"imported {conv['source_format']} model as [bold]{pkg.name}[/] v{pkg.version} ({pkg.spec.layout}); "
+        f"max |ONNX - source| = {conv['max_abs_diff']:.2e} on {conv['checked_samples']} inputs"
+    )
+
+
+def _scaling(text: str | None) -> list[dict] | None:
+    from eodeploy.errors import PackageSpecError
+
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise PackageSpecError(f"--scaling is not valid JSON: {exc}") from exc
+    return value if isinstance(value, list) else [value]
+
+
+def _ref(text: str | None) -> tuple[str, int] | None:
+    from eodeploy.errors import PackageSpecError
+
+    if not text:
+        return None
+    name, _, version = text.partition(":")
+    if not version.isdigit():
+        raise PackageSpecError(f"--derived-from wants NAME:VERSION, got {text!r}")
+    return name, int(version)
+
+
+@app.command()
+@handle_errors
+def export(
+    package: Annotated[str, typer.Argument(help="Package folder, or NAME[:VERSION] in the repository.")],
+    format: Annotated[str, typer.Option("--format", help="triton")] = "triton",
+    out: Annotated[Path, typer.Option(help="Output folder (a Triton model repository for --format triton).")] = Path("triton-models"),
+    max_batch_size: Annotated[int, typer.Option(help="Triton max_batch_size.")] = 64,
+    repo: RepoOpt = None,
+) -> None:
+    """Export a package to another serving system's layout."""
+    from eodeploy.package import open_package
+    from eodeploy.package.export import export_triton
+
+    pkg = open_package(package, _repo(repo))
+    if format != "triton":
+        from eodeploy.errors import EodeployError
+
+        raise EodeployError(f"unknown export format {format!r}; supported: triton")
+    folder = export_triton(pkg, out, max_batch_size=max_batch_size)
+    console.print(f"wrote Triton model {folder}")
+
+
+@app.command()
+def info() -> None:
+    """ONNX Runtime providers and the settings in force."""
+    import onnxruntime as ort
+
+    from eodeploy.runtime import choose_providers
+
+    cfg = settings()
+    console.print(f"onnxruntime {ort.__version__}; available providers: {ort.get_available_providers()}")
+    console.print(f"providers eodeploy uses: {choose_providers()}")
+    console.print(cfg.model_dump())
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,43 @@
+"""Domain errors. They know nothing of HTTP; each message says what went wrong and what to do."""
+
+from __future__ import annotations
+
+
+class EodeployError(Exception):
+    """Base class for every error eodeploy raises on purpose."""
+
+
+class ModelNotFoundError(EodeployError, LookupError):
+    """A model name or version that the repository does not hold."""
+
+
+class PackageIntegrityError(EodeployError, ValueError):
+    """A package whose files do not match what its item.json records."""
+
+
+class PackageSpecError(EodeployError, ValueError):
+    """An item.json that is missing fields or contradicts itself."""
+
+
+class InvalidInputError(EodeployError, ValueError):
+    """Input arrays the model cannot take: wrong bands, shape, dtype or values."""
+
+
+class DataError(EodeployError, ValueError):
+    """A data file or folder that cannot be read as what it claims to be."""
+
+
+class ImportModelError(EodeployError, ValueError):
+    """A model file that cannot be imported or whose conversion does not match its source."""
+
+
+class MissingExtraError(EodeployError, ImportError):
+    """An optional stack (TensorFlow, PyTorch, ...) that is not installed."""
+
+    def __init__(self, module: str, extra: str) -> None:
+        super().__init__(
+            f"this needs the Python package {module!r}, which is not installed; "
+            f"install it with: pip install 'eodeploy[{extra}]'"
+        )
+        self.module = module
+        self.extra = extra

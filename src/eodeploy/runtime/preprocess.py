@@ -1,0 +1,115 @@
+"""The one preprocessing path: raw band values in, model-ready float32 tensors out.
+
+Training, evaluation, the server, scene inference and monitoring all call ``preprocess``;
+a second normalisation code beside it is how training/serving skew creeps in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from eodeploy.errors import InvalidInputError
+from eodeploy.package.spec import ModelSpec
+
+
+def select_bands(x: np.ndarray, spec: ModelSpec, band_names: Sequence[str] | None) -> np.ndarray:
+    """Pick and order the model's bands from ``x`` (N, C, H, W) whose bands are ``band_names``."""
+    if band_names is None:
+        if x.shape[1] != len(spec.bands):
+            raise InvalidInputError(
+                f"input has {x.shape[1]} bands but model {spec.name!r} expects "
+                f"{len(spec.bands)} ({', '.join(spec.bands)}); send those bands in that order, "
+                "or pass band_names so the bands can be matched by name"
+            )
+        return x
+    band_names = list(band_names)
+    if len(band_names) != x.shape[1]:
+        raise InvalidInputError(
+            f"{len(band_names)} band names given for an input of {x.shape[1]} bands"
+        )
+    missing = [b for b in spec.bands if b not in band_names]
+    if missing:
+        raise InvalidInputError(
+            f"input lacks band(s) {', '.join(missing)} that model {spec.name!r} needs "
+            f"(input bands: {', '.join(band_names)})"
+        )
+    if band_names == spec.bands:
+        return x
+    return x[:, [band_names.index(b) for b in spec.bands]]
+
+
+def _per_band(scaling: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
+    return scaling * n if len(scaling) == 1 else scaling
+
+
+def scale_values(x: np.ndarray, spec: ModelSpec) -> np.ndarray:
+    """Apply the MLM ``value_scaling`` entries (one per band, or one for all) to float32 data."""
+    out = x.astype(np.float32, copy=True)
+    if not spec.value_scaling:
+        return out
+    steps = _per_band(spec.value_scaling, out.shape[1])
+    kind = {s["type"] for s in steps}
+    if kind == {"z-score"}:  # the common case, vectorised
+        mean = np.array([s["mean"] for s in steps], np.float32)[None, :, None, None]
+        std = np.array([s["stddev"] for s in steps], np.float32)[None, :, None, None]
+        out -= mean
+        out /= std
+        return out
+    for b, s in enumerate(steps):
+        band = out[:, b]
+        t = s["type"]
+        if t == "z-score":
+            band -= s["mean"]
+            band /= s["stddev"]
+        elif t == "min-max":
+            band -= s["minimum"]
+            band /= s["maximum"] - s["minimum"]
+        elif t == "clip":
+            np.clip(band, s["minimum"], s["maximum"], out=band)
+        elif t == "clip-min":
+            np.maximum(band, s["minimum"], out=band)
+        elif t == "clip-max":
+            np.minimum(band, s["maximum"], out=band)
+        elif t == "offset":
+            band -= s["value"]
+        elif t == "scale":
+            band /= s["value"]
+    return out
+
+
+def preprocess(
+    x: np.ndarray, spec: ModelSpec, band_names: Sequence[str] | None = None
+) -> np.ndarray:
+    """Raw patches (N, C, H, W) or one patch (C, H, W) -> float32 tensor in the model's layout."""
+    x = np.asarray(x)
+    if x.ndim == 3:
+        x = x[None]
+    if x.ndim != 4:
+        raise InvalidInputError(
+            f"expected patches shaped (batch, bands, height, width), got shape {x.shape}"
+        )
+    if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
+        raise InvalidInputError(f"input values must be numbers, got dtype {x.dtype}")
+    if x.shape[0] == 0:
+        raise InvalidInputError("empty batch: send at least one patch")
+    if (x.shape[2], x.shape[3]) != (spec.height, spec.width):
+        raise InvalidInputError(
+            f"patch size {x.shape[2]}x{x.shape[3]} does not match model {spec.name!r}, "
+            f"which takes {spec.height}x{spec.width}; cut the image into patches of that size "
+            "(scene inference does this for whole scenes)"
+        )
+    x = select_bands(x, spec, band_names)
+    if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
+        bad = ~np.isfinite(x)
+        rows = np.unique(np.nonzero(bad)[0])
+        raise InvalidInputError(
+            f"input holds {int(bad.sum())} NaN or infinite value(s) in patch(es) "
+            f"{rows[:10].tolist()}; mask or fill nodata before predicting"
+        )
+    out = scale_values(x, spec)
+    if spec.layout == "NHWC":
+        out = np.ascontiguousarray(out.transpose(0, 2, 3, 1))
+    return out

@@ -1,0 +1,1 @@
+"""Training patch classifiers with PyTorch (the ``train`` extra)."""

@@ -1,0 +1,145 @@
+"""From a EuroSAT-layout folder to a new, evaluated model package version."""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from eodeploy.data.eurosat import PatchDataset, Split, load_patch_folder, stratified_split
+from eodeploy.evaluate.metrics import classification_report
+from eodeploy.package.repository import ModelPackage, ModelRepository
+from eodeploy.package.spec import ModelSpec, default_classes
+from eodeploy.package.stats import reference_statistics, zscore_scaling
+from eodeploy.train.trainer import TrainConfig, TrainResult, export_onnx, train_classifier
+
+
+def spec_for(data: PatchDataset, train: PatchDataset, name: str, arch: str) -> ModelSpec:
+    import torch
+
+    return ModelSpec(
+        name=name,
+        bands=list(data.band_names),
+        height=int(data.images.shape[2]),
+        width=int(data.images.shape[3]),
+        classes=default_classes(data.class_names),
+        value_scaling=zscore_scaling(train.images),
+        architecture={"compact-cnn": "CompactCNN", "resnet18": "ResNet-18"}.get(arch, arch),
+        framework="PyTorch",
+        framework_version=torch.__version__.split("+")[0],
+        description=f"{arch} land-cover patch classifier trained by eodeploy on {data.root.name}",
+    )
+
+
+def fit_split(
+    data: PatchDataset,
+    split: Split,
+    config: TrainConfig,
+    name: str = "model",
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+) -> tuple[ModelSpec, TrainResult, dict[str, Any]]:
+    """Train on one split; returns the spec, the trained network and its test report."""
+    import torch
+
+    train, val, test = data.subset(split.train), data.subset(split.val), data.subset(split.test)
+    spec = spec_for(data, train, name, config.arch)
+    result = train_classifier(
+        spec, train.images, train.labels, val.images, val.labels, config, on_epoch
+    )
+    from eodeploy.runtime.preprocess import preprocess
+
+    with torch.no_grad():
+        pred = result.model(torch.from_numpy(preprocess(test.images, spec))).argmax(1).numpy()
+    return spec, result, classification_report(test.labels, pred, data.class_names)
+
+
+def train_package(
+    data_dir: str | Path,
+    repo: ModelRepository,
+    name: str,
+    config: TrainConfig,
+    seed: int = 0,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    cv: dict[str, Any] | None = None,
+) -> ModelPackage:
+    """Train on the seeded split of ``data_dir`` and write the model as a new version."""
+    from eodeploy.runtime.predictor import Predictor
+
+    data = load_patch_folder(data_dir)
+    split = stratified_split(data, seed=seed)
+    spec, result, torch_report = fit_split(data, split, config, name, on_epoch)
+    train = data.subset(split.train)
+    onnx_bytes = export_onnx(result.model, spec)
+    props = {
+        "mlm:total_parameters": int(sum(p.numel() for p in result.model.parameters())),
+        "mlm:pretrained": False,
+        "mlm:batch_size_suggestion": 64,
+        "mlm:accelerator": None,
+        "mlm:hyperparameters": {k: v for k, v in asdict(config).items() if v is not None},
+        "eodeploy:training": {
+            "data": str(Path(data_dir).name),
+            "data_files": len(data),
+            "data_hash": data.files_hash(),
+            "train_files_hash": train.files_hash(),
+            "split": {"seed": seed, "train": len(split.train), "val": len(split.val), "test": len(split.test)},
+            "best_epoch": result.best_epoch,
+            "best_val_accuracy": round(result.best_val_accuracy, 4),
+            "seconds": round(result.seconds, 1),
+            "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        },
+        "eodeploy:reference_stats": reference_statistics(
+            train.images, train.labels, data.band_names, data.class_names
+        ),
+    }
+    if cv:
+        props["eodeploy:cross_validation"] = cv
+
+    def check(folder: Path) -> None:
+        # The exported ONNX must agree with the network it came from before it is published.
+        from eodeploy.package.repository import ModelPackage as _Pkg
+
+        test = data.subset(split.test)
+        onnx_pred = Predictor(_Pkg(folder)).predict(test.images).class_ids
+        report = classification_report(test.labels, onnx_pred, data.class_names)
+        if abs(report["accuracy"] - torch_report["accuracy"]) > 1e-9:
+            raise RuntimeError("ONNX export disagrees with the trained PyTorch network")
+
+    pkg = repo.add(name, onnx_bytes, spec, props, files={"split.json": split.to_json().encode()}, check=check)
+    # Test metrics come from the published ONNX model through the one predictor path.
+    test = data.subset(split.test)
+    pred = Predictor(pkg).predict(test.images).class_ids
+    report = classification_report(test.labels, pred, data.class_names)
+    pkg.update_properties({"eodeploy:metrics": {"split": "test", **_summary(report)}})
+    return pkg
+
+
+def _summary(report: dict[str, Any]) -> dict[str, Any]:
+    keep = ("n", "accuracy", "macro_f1", "macro_precision", "macro_recall", "per_class", "confusion_matrix")
+    return {k: report[k] for k in keep}
+
+
+def cross_validate(
+    data_dir: str | Path, config: TrainConfig, seeds: list[int],
+    on_result: Callable[[int, dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Repeat the seeded split + training for each seed; mean and spread of test accuracy."""
+    data = load_patch_folder(data_dir)
+    accs, f1s = [], []
+    for s in seeds:
+        cfg = TrainConfig(**{**asdict(config), "seed": s})
+        _, _, report = fit_split(data, stratified_split(data, seed=s), cfg)
+        accs.append(report["accuracy"])
+        f1s.append(report["macro_f1"])
+        if on_result:
+            on_result(s, report)
+    return {
+        "seeds": seeds,
+        "test_accuracy": [round(a, 4) for a in accs],
+        "test_accuracy_mean": round(float(np.mean(accs)), 4),
+        "test_accuracy_std": round(float(np.std(accs, ddof=1)) if len(accs) > 1 else 0.0, 4),
+        "macro_f1_mean": round(float(np.mean(f1s)), 4),
+    }
