@@ -130,6 +130,11 @@ def _from_keras(path: Path, opts: ImportOptions) -> tuple[bytes, SourceFn | None
         model = keras.models.load_model(path, compile=False)
     except Exception as exc:
         raise ImportModelError(f"{path}: Keras cannot load it: {exc}") from exc
+    try:
+        shape = [1, *[d or 1 for d in model.inputs[0].shape[1:]]]
+    except (AttributeError, IndexError, TypeError) as exc:
+        raise ImportModelError(f"{path}: the Keras model declares no input shape") from exc
+    model(np.zeros(shape, np.float32), training=False)  # the exporter needs a built, called model
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "model.onnx"
         try:

@@ -25,7 +25,7 @@ from eodeploy.package.validate import validate_item
 
 MODEL_FILE = "model.onnx"
 ITEM_FILE = "item.json"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9._-]{0,126}[A-Za-z0-9]$")  # as mlm:name, minus spaces
 
 
 def sha256_file(path: Path) -> str:
@@ -180,7 +180,7 @@ class ModelRepository:
         """
         if not _NAME.match(name):
             raise PackageSpecError(
-                f"model name {name!r} is not allowed; use letters, digits, '.', '_' and '-'"
+                f"model name {name!r} is not allowed; start with a letter, end with a letter or digit, and use letters, digits, '.', '_' and '-'"
             )
         folder = self.root / name
         folder.mkdir(parents=True, exist_ok=True)
