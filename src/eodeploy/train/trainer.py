@@ -40,6 +40,12 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
+def dihedral_views(x: Any) -> list[Any]:
+    """The 8 flips/rotations of square patches, from transpose and flip (both export to ONNX)."""
+    t = x.transpose(2, 3)
+    return [v2 for v in (x, t) for v2 in (v, v.flip(2), v.flip(3), v.flip(2).flip(3))]
+
+
 def augment(x: Any, generator: Any) -> Any:
     """Flips and 90-degree rotations: the symmetries a nadir image patch really has."""
     n = x.shape[0]
@@ -142,8 +148,7 @@ class _WithSoftmax(torch.nn.Module):  # type: ignore[misc,name-defined]
     def forward(self, x: Any) -> Any:
         if not self.tta:
             return torch.softmax(self.net(x), dim=1)
-        views = [x, torch.flip(x, dims=(3,))]
-        views = [torch.rot90(v, k, dims=(2, 3)) for v in views for k in range(4)]
+        views = dihedral_views(x)
         n = x.shape[0]
         probs = torch.softmax(self.net(torch.cat(views, dim=0)), dim=1)
         return probs.reshape(8, n, -1).mean(dim=0)
