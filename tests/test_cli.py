@@ -41,7 +41,18 @@ def test_unknown_model_is_a_clear_error(repo: ModelRepository) -> None:
 
 def _train_tiny(eurosat_dir: Path, repo_dir: Path) -> ModelPackage:
     require("torch")
-    r = invoke("train", str(eurosat_dir), "--name", "tiny-cnn", "--epochs", "3", "--patience", "3", "--repo", str(repo_dir))
+    r = invoke(
+        "train",
+        str(eurosat_dir),
+        "--name",
+        "tiny-cnn",
+        "--epochs",
+        "3",
+        "--patience",
+        "3",
+        "--repo",
+        str(repo_dir),
+    )
     assert r.exit_code == 0, r.output
     return ModelRepository(repo_dir).get("tiny-cnn")
 
@@ -67,10 +78,16 @@ def test_train_evaluate_export(eurosat_dir: Path, tmp_path: Path) -> None:
     ModelPackage(pkg.path).verify()  # evaluation never touches the model
 
     out = tmp_path / "triton"
-    r = invoke("export", "tiny-cnn", "--format", "triton", "--out", str(out), "--repo", str(tmp_path / "models"))
+    r = invoke(
+        "export", "tiny-cnn", "--format", "triton", "--out", str(out), "--repo", str(tmp_path / "models")
+    )
     assert r.exit_code == 0, r.output
     config = (out / "tiny-cnn" / "config.pbtxt").read_text()
-    assert 'backend: "onnxruntime"' in config and "dims: [ 13, 64, 64 ]" in config and "max_batch_size: 64" in config
+    assert (
+        'backend: "onnxruntime"' in config
+        and "dims: [ 13, 64, 64 ]" in config
+        and "max_batch_size: 64" in config
+    )
     assert (out / "tiny-cnn" / "1" / "model.onnx").read_bytes() == pkg.model_path.read_bytes()
     assert (out / "tiny-cnn" / "labels.txt").read_text().split() == CLASSES
 
@@ -98,7 +115,9 @@ def test_import_cli_and_bad_options(tmp_path: Path) -> None:
 
     (tmp_path / "m.onnx").write_bytes(linear_onnx(WEIGHTS, BIAS))
     repo = str(tmp_path / "r")
-    r = invoke("import", str(tmp_path / "m.onnx"), "--name", "linear", "--classes", ",".join(CLASSES), "--repo", repo)
+    r = invoke(
+        "import", str(tmp_path / "m.onnx"), "--name", "linear", "--classes", ",".join(CLASSES), "--repo", repo
+    )
     assert r.exit_code == 0 and "v1" in r.output
     r = invoke("import", str(tmp_path / "m.onnx"), "--name", "linear", "--classes", "a,b", "--repo", repo)
     assert r.exit_code == 2 and "names 2 classes but the model has 3" in r.output

@@ -29,7 +29,9 @@ def _check(pkg, source_proba: np.ndarray, layout: str) -> None:  # type: ignore[
 def test_onnx(tmp_path: Path) -> None:
     path = tmp_path / "m.onnx"
     path.write_bytes(linear_onnx(WEIGHTS, BIAS))
-    pkg = import_model(path, "onnx-model", ModelRepository(tmp_path / "r"), ImportOptions(classes=["a", "b", "c"]))
+    pkg = import_model(
+        path, "onnx-model", ModelRepository(tmp_path / "r"), ImportOptions(classes=["a", "b", "c"])
+    )
     assert pkg.spec.layout == "NCHW" and pkg.spec.output_kind == "probabilities"
     assert pkg.spec.bands == EUROSAT_MS_BANDS
 
@@ -73,9 +75,16 @@ def test_state_dict_with_module(tmp_path: Path) -> None:
     )  # fmt: skip
     _check(import_model(path, "statedict", ModelRepository(tmp_path / "r"), opts), _torch_proba(net), "NCHW")
     with pytest.raises(ImportModelError, match="cannot be imported"):
-        import_model(path, "statedict", ModelRepository(tmp_path / "r"), ImportOptions(bands=list(EUROSAT_MS_BANDS), module="no.such:Thing"))
+        import_model(
+            path,
+            "statedict",
+            ModelRepository(tmp_path / "r"),
+            ImportOptions(bands=list(EUROSAT_MS_BANDS), module="no.such:Thing"),
+        )
     with pytest.raises(ImportModelError, match="not a TorchScript file"):
-        import_model(path, "statedict", ModelRepository(tmp_path / "r"), ImportOptions(bands=list(EUROSAT_MS_BANDS)))
+        import_model(
+            path, "statedict", ModelRepository(tmp_path / "r"), ImportOptions(bands=list(EUROSAT_MS_BANDS))
+        )
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +114,9 @@ def _keras_proba(model) -> np.ndarray:  # type: ignore[no-untyped-def]
 def test_keras_files(tmp_path: Path, keras_model, suffix: str) -> None:  # type: ignore[no-untyped-def]
     path = tmp_path / f"model{suffix}"
     keras_model.save(path)
-    pkg = import_model(path, "keras-model", ModelRepository(tmp_path / "r"), ImportOptions(value_scaling=SCALING))
+    pkg = import_model(
+        path, "keras-model", ModelRepository(tmp_path / "r"), ImportOptions(value_scaling=SCALING)
+    )
     assert pkg.spec.output_kind == "probabilities"
     assert pkg.properties["mlm:input"][0]["input"]["dim_order"] == ["batch", "height", "width", "bands"]
     _check(pkg, _keras_proba(keras_model), "NHWC")
@@ -118,7 +129,11 @@ def test_savedmodel_and_tflite(tmp_path: Path, keras_model) -> None:  # type: ig
     sm = tmp_path / "saved_model"
     keras_model.export(str(sm), format="tf_saved_model", verbose=False)
     repo = ModelRepository(tmp_path / "r")
-    _check(import_model(sm, "savedmodel", repo, ImportOptions(value_scaling=SCALING)), _keras_proba(keras_model), "NHWC")
+    _check(
+        import_model(sm, "savedmodel", repo, ImportOptions(value_scaling=SCALING)),
+        _keras_proba(keras_model),
+        "NHWC",
+    )
 
     tfl = tmp_path / "model.tflite"
     tfl.write_bytes(tf.lite.TFLiteConverter.from_saved_model(str(sm)).convert())
@@ -140,5 +155,10 @@ def test_bad_files(tmp_path: Path) -> None:
     with pytest.raises(ImportModelError, match="3 outputs; name its classes"):
         import_model(tmp_path / "m.onnx", "bad-model", repo)
     with pytest.raises(ImportModelError, match="no axis of 4 bands"):
-        import_model(tmp_path / "m.onnx", "bad-model", repo, ImportOptions(bands=["B02", "B03", "B04", "B08"], classes=list("abc")))
+        import_model(
+            tmp_path / "m.onnx",
+            "bad-model",
+            repo,
+            ImportOptions(bands=["B02", "B03", "B04", "B08"], classes=list("abc")),
+        )
     assert repo.names() == []

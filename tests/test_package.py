@@ -18,7 +18,11 @@ def test_item_is_valid_stac_mlm(repo: ModelRepository) -> None:
     props = pkg.properties
     assert props["mlm:input"][0]["bands"][:2] == ["B01", "B02"]
     assert props["mlm:input"][0]["input"]["dim_order"] == ["batch", "bands", "height", "width"]
-    assert [c["name"] for c in props["mlm:output"][0]["classification:classes"]] == ["Forest", "River", "SeaLake"]
+    assert [c["name"] for c in props["mlm:output"][0]["classification:classes"]] == [
+        "Forest",
+        "River",
+        "SeaLake",
+    ]
     assert len(pkg.item["assets"]["model"]["eodeploy:sha256"]) == 64
     assert ModelSpec.from_item(pkg.item) == pkg.spec
 

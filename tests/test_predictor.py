@@ -29,9 +29,7 @@ def test_single_patch_and_band_reordering(repo: ModelRepository, raw: np.ndarray
     # Bands in another order plus an extra band: matched by name.
     order = list(reversed(EUROSAT_MS_BANDS)) + ["SCL"]
     shuffled = np.concatenate([raw[:, ::-1], np.zeros((5, 1, 64, 64), raw.dtype)], axis=1)
-    np.testing.assert_allclose(
-        p.predict_proba(shuffled, band_names=order), reference_proba(raw), atol=1e-5
-    )
+    np.testing.assert_allclose(p.predict_proba(shuffled, band_names=order), reference_proba(raw), atol=1e-5)
     np.testing.assert_allclose(p.predict_proba(raw[0]), reference_proba(raw[:1]), atol=1e-5)
 
 
@@ -45,7 +43,9 @@ def test_nhwc_model_takes_the_same_raw_input(tmp_path, raw: np.ndarray) -> None:
 
 def test_logits_are_softmaxed(tmp_path, raw: np.ndarray) -> None:  # type: ignore[no-untyped-def]
     repo = ModelRepository(tmp_path)
-    pkg = repo.add("logit", linear_onnx(WEIGHTS, BIAS, softmax=False), linear_spec("logit", output_kind="logits"))
+    pkg = repo.add(
+        "logit", linear_onnx(WEIGHTS, BIAS, softmax=False), linear_spec("logit", output_kind="logits")
+    )
     np.testing.assert_allclose(Predictor(pkg).predict_proba(raw), reference_proba(raw), atol=1e-5)
 
 

@@ -27,5 +27,11 @@ def download(
         raise DataError(f"unknown dataset {dataset!r}; available: eurosat")
     with progress() as bar:
         task = bar.add_task(f"EuroSAT {variant}", total=None, info="")
-        root = download_eurosat(dest, variant, lambda done, total: bar.update(task, completed=done, total=total or None, info=f"{done / 2**20:.0f} MiB"))
+        root = download_eurosat(
+            dest,
+            variant,
+            lambda done, total: bar.update(
+                task, completed=done, total=total or None, info=f"{done / 2**20:.0f} MiB"
+            ),
+        )
     console.print(f"EuroSAT {variant} ready at {root}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -20,7 +20,9 @@ app = typer.Typer(
 app.add_typer(models_cmd.app, name="models")
 app.add_typer(data_cmd.app, name="data")
 
-RepoOpt = Annotated[Optional[Path], typer.Option("--repo", help="Model repository (default: EODEPLOY_MODEL_REPO or ./models).")]
+RepoOpt = Annotated[
+    Path | None, typer.Option("--repo", help="Model repository (default: EODEPLOY_MODEL_REPO or ./models).")
+]
 
 
 def _repo(repo: Path | None) -> Path:
@@ -30,15 +32,23 @@ def _repo(repo: Path | None) -> Path:
 @app.command()
 @handle_errors
 def evaluate(
-    package: Annotated[Optional[str], typer.Argument(help="Package folder, or NAME[:VERSION] in the repository.")] = None,
-    data: Annotated[Optional[Path], typer.Argument(help="EuroSAT-layout folder of labelled patches.")] = None,
-    split: Annotated[str, typer.Option(help="Which files to use: test, val, train (the split recorded in the package) or all.")] = "test",
+    package: Annotated[
+        str | None, typer.Argument(help="Package folder, or NAME[:VERSION] in the repository.")
+    ] = None,
+    data: Annotated[Path | None, typer.Argument(help="EuroSAT-layout folder of labelled patches.")] = None,
+    split: Annotated[
+        str,
+        typer.Option(help="Which files to use: test, val, train (the split recorded in the package) or all."),
+    ] = "test",
     repo: RepoOpt = None,
-    plot: Annotated[Optional[Path], typer.Option(help="Where to write the confusion-matrix PNG (default: in the package).")] = None,
+    plot: Annotated[
+        Path | None, typer.Option(help="Where to write the confusion-matrix PNG (default: in the package).")
+    ] = None,
     save: Annotated[bool, typer.Option(help="Store the results in the package.")] = True,
 ) -> None:
     """Accuracy, per-class precision/recall/F1 and the confusion matrix of a package on labelled data."""
-    from eodeploy.evaluate.report import confusion_table, evaluate as run_eval, load_for_package, plot_confusion, report_table
+    from eodeploy.evaluate.report import confusion_table, load_for_package, plot_confusion, report_table
+    from eodeploy.evaluate.report import evaluate as run_eval
     from eodeploy.package import open_package
     from eodeploy.runtime import Predictor
 
@@ -66,13 +76,20 @@ def evaluate(
 @app.command()
 @handle_errors
 def train(
-    data: Annotated[Optional[Path], typer.Argument(help="EuroSAT-layout folder (default: EODEPLOY_DATA_DIR).")] = None,
+    data: Annotated[
+        Path | None, typer.Argument(help="EuroSAT-layout folder (default: EODEPLOY_DATA_DIR).")
+    ] = None,
     name: Annotated[str, typer.Option(help="Model name in the repository.")] = "eurosat-cnn",
     arch: Annotated[str, typer.Option(help="compact-cnn or resnet18.")] = "compact-cnn",
-    epochs: Annotated[int, typer.Option(help="Most epochs; early stopping may end sooner.")] = 150,
+    epochs: Annotated[int, typer.Option(help="Most epochs; early stopping may end sooner.")] = 80,
     patience: Annotated[int, typer.Option(help="Epochs without validation gain before stopping.")] = 40,
     seed: Annotated[int, typer.Option(help="Seed of the split and of training.")] = 0,
-    cv: Annotated[int, typer.Option(help="Also train on this many other seeded splits and record mean/spread of test accuracy.")] = 0,
+    cv: Annotated[
+        int,
+        typer.Option(
+            help="Also train on this many other seeded splits and record mean/spread of test accuracy."
+        ),
+    ] = 0,
     threads: Annotated[int, typer.Option(help="PyTorch threads (0: all cores).")] = 0,
     repo: RepoOpt = None,
 ) -> None:
@@ -114,16 +131,36 @@ def train(
 @app.command("import")
 @handle_errors
 def import_(
-    path: Annotated[Path, typer.Argument(help="Model file or folder: .keras, .h5, SavedModel folder, .tflite, .onnx, TorchScript .pt, or a state dict with --module.")],
+    path: Annotated[
+        Path,
+        typer.Argument(
+            help="Model file or folder: .keras, .h5, SavedModel folder, .tflite, .onnx, TorchScript .pt, or a state dict with --module."
+        ),
+    ],
     name: Annotated[str, typer.Option(help="Model name in the repository.")],
-    classes: Annotated[Optional[str], typer.Option(help="Comma-separated class names, in output order.")] = None,
-    bands: Annotated[Optional[str], typer.Option(help="Comma-separated input band names, in input order (default: EuroSAT-MS order for 13 bands).")] = None,
-    module: Annotated[Optional[str], typer.Option(help="For a PyTorch state dict: 'package.module:ClassName' building the network.")] = None,
-    module_kwargs: Annotated[Optional[str], typer.Option(help="JSON keyword arguments for --module.")] = None,
-    scaling: Annotated[Optional[str], typer.Option(help="Preprocessing as MLM value_scaling JSON (one object, or one per band).")] = None,
-    layout: Annotated[Optional[str], typer.Option(help="NCHW or NHWC (default: read from the model).")] = None,
-    output: Annotated[Optional[str], typer.Option(help="'probabilities' or 'logits' (default: detected).")] = None,
-    derived_from: Annotated[Optional[str], typer.Option(help="NAME:VERSION of the package this one was derived from.")] = None,
+    classes: Annotated[str | None, typer.Option(help="Comma-separated class names, in output order.")] = None,
+    bands: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated input band names, in input order (default: EuroSAT-MS order for 13 bands)."
+        ),
+    ] = None,
+    module: Annotated[
+        str | None,
+        typer.Option(help="For a PyTorch state dict: 'package.module:ClassName' building the network."),
+    ] = None,
+    module_kwargs: Annotated[str | None, typer.Option(help="JSON keyword arguments for --module.")] = None,
+    scaling: Annotated[
+        str | None,
+        typer.Option(help="Preprocessing as MLM value_scaling JSON (one object, or one per band)."),
+    ] = None,
+    layout: Annotated[str | None, typer.Option(help="NCHW or NHWC (default: read from the model).")] = None,
+    output: Annotated[
+        str | None, typer.Option(help="'probabilities' or 'logits' (default: detected).")
+    ] = None,
+    derived_from: Annotated[
+        str | None, typer.Option(help="NAME:VERSION of the package this one was derived from.")
+    ] = None,
     repo: RepoOpt = None,
 ) -> None:
     """Import a Keras, TensorFlow, TFLite, ONNX or PyTorch model as a new package version."""
@@ -177,7 +214,9 @@ def _ref(text: str | None) -> tuple[str, int] | None:
 def export(
     package: Annotated[str, typer.Argument(help="Package folder, or NAME[:VERSION] in the repository.")],
     format: Annotated[str, typer.Option("--format", help="triton")] = "triton",
-    out: Annotated[Path, typer.Option(help="Output folder (a Triton model repository for --format triton).")] = Path("triton-models"),
+    out: Annotated[
+        Path, typer.Option(help="Output folder (a Triton model repository for --format triton).")
+    ] = Path("triton-models"),
     max_batch_size: Annotated[int, typer.Option(help="Triton max_batch_size.")] = 64,
     repo: RepoOpt = None,
 ) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.table import Table
@@ -12,7 +12,9 @@ from rich.table import Table
 from eodeploy.cli._common import console, handle_errors, settings
 
 app = typer.Typer(help="List, inspect, validate and remove model versions.", no_args_is_help=True)
-RepoOpt = Annotated[Optional[Path], typer.Option("--repo", help="Model repository (default: EODEPLOY_MODEL_REPO or ./models).")]
+RepoOpt = Annotated[
+    Path | None, typer.Option("--repo", help="Model repository (default: EODEPLOY_MODEL_REPO or ./models).")
+]
 
 
 def _repo(repo: Path | None):  # type: ignore[no-untyped-def]
@@ -41,7 +43,11 @@ def list_(repo: RepoOpt = None) -> None:
 
 @app.command()
 @handle_errors
-def show(ref: Annotated[str, typer.Argument(help="NAME[:VERSION] or a package folder.")], repo: RepoOpt = None, raw: bool = False) -> None:
+def show(
+    ref: Annotated[str, typer.Argument(help="NAME[:VERSION] or a package folder.")],
+    repo: RepoOpt = None,
+    raw: bool = False,
+) -> None:
     """The package's item.json (summary, or --raw for all of it)."""
     from eodeploy.package import open_package
 
@@ -55,22 +61,33 @@ def show(ref: Annotated[str, typer.Argument(help="NAME[:VERSION] or a package fo
     console.print(f"input {s.input_name}: bands {', '.join(s.bands)}; {s.height}x{s.width}")
     console.print(f"output {s.output_name} ({s.output_kind}): {', '.join(s.class_names)}")
     console.print(f"sha256 {pkg.recorded_sha256}")
-    for key in ("eodeploy:metrics", "eodeploy:cross_validation", "eodeploy:conversion", "eodeploy:derived_from"):
+    for key in (
+        "eodeploy:metrics",
+        "eodeploy:cross_validation",
+        "eodeploy:conversion",
+        "eodeploy:derived_from",
+    ):
         if pkg.properties.get(key):
-            value = {k: v for k, v in pkg.properties[key].items() if k not in ("per_class", "confusion_matrix")}
+            value = {
+                k: v for k, v in pkg.properties[key].items() if k not in ("per_class", "confusion_matrix")
+            }
             console.print(f"{key.split(':')[1]}: {value}")
 
 
 @app.command()
 @handle_errors
-def validate(ref: Annotated[str, typer.Argument(help="NAME[:VERSION] or a package folder.")], repo: RepoOpt = None) -> None:
+def validate(
+    ref: Annotated[str, typer.Argument(help="NAME[:VERSION] or a package folder.")], repo: RepoOpt = None
+) -> None:
     """Check item.json against the STAC MLM schema and model.onnx against its sha256."""
     from eodeploy.package import open_package, validate_item
 
     pkg = open_package(ref, _repo(repo).root)
     validate_item(pkg.item)
     pkg.verify()
-    console.print(f"{pkg.name} v{pkg.version}: item.json valid (STAC MLM v1.5.2), model.onnx matches its sha256")
+    console.print(
+        f"{pkg.name} v{pkg.version}: item.json valid (STAC MLM v1.5.2), model.onnx matches its sha256"
+    )
 
 
 @app.command()

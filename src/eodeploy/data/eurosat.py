@@ -62,10 +62,7 @@ def find_patch_files(root: Path) -> dict[str, list[Path]]:
     if not root.is_dir():
         raise DataError(f"{root}: not a folder; give a folder of class sub-folders (EuroSAT layout)")
     classes = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    found = {
-        c.name: sorted(f for f in c.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
-        for c in classes
-    }
+    found = {c.name: sorted(f for f in c.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES) for c in classes}
     found = {k: v for k, v in found.items() if v}
     if not found:
         raise DataError(
@@ -139,9 +136,7 @@ class Split:
         return cls(int(d["seed"]), list(d["train"]), list(d["val"]), list(d["test"]))
 
 
-def stratified_split(
-    data: PatchDataset, seed: int = 0, val: float = 0.2, test: float = 0.2
-) -> Split:
+def stratified_split(data: PatchDataset, seed: int = 0, val: float = 0.2, test: float = 0.2) -> Split:
     """Per class, shuffle the sorted files with ``seed`` and cut val/test shares off the front."""
     rng = np.random.default_rng(seed)
     out: dict[str, list[str]] = {"train": [], "val": [], "test": []}

@@ -34,15 +34,14 @@ def read_image(path: str | Path) -> np.ndarray:
             f"{path}: cannot be read as a {suffix} image ({exc}); "
             "check that the file is complete and not damaged"
         ) from exc
-    raise DataError(
-        f"{path}: unsupported file type {suffix!r}; use GeoTIFF (.tif), JPEG/PNG or .npy"
-    )
+    raise DataError(f"{path}: unsupported file type {suffix!r}; use GeoTIFF (.tif), JPEG/PNG or .npy")
 
 
 def _read_geotiff(path: Path) -> np.ndarray:
+    import warnings
+
     import rasterio
     from rasterio.errors import NotGeoreferencedWarning
-    import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)

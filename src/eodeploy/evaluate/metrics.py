@@ -13,9 +13,7 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> 
     return cm
 
 
-def classification_report(
-    y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str]
-) -> dict[str, Any]:
+def classification_report(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str]) -> dict[str, Any]:
     """Accuracy, per-class precision/recall/F1/support, macro averages and the confusion matrix."""
     n = len(class_names)
     cm = confusion_matrix(y_true, y_pred, n)

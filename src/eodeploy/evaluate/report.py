@@ -9,25 +9,21 @@ from typing import Any
 import numpy as np
 
 from eodeploy.data.eurosat import PatchDataset, Split, load_patch_folder
+from eodeploy.errors import DataError
 from eodeploy.evaluate.metrics import classification_report
 from eodeploy.runtime.predictor import Predictor
 
 
 def load_for_package(predictor: Predictor, data_dir: str | Path, split: str | None) -> PatchDataset:
     """Labelled patches for ``predictor``'s classes; ``split`` picks the recorded split's part."""
-    from eodeploy.data.eurosat import _default_band_names
-
     spec = predictor.spec
     data = load_patch_folder(data_dir, class_names=spec.class_names)
-    data.band_names = (
-        spec.bands if data.images.shape[1] == len(spec.bands) else _default_band_names(data.images.shape[1])
-    )
+    if not set(spec.bands) <= set(data.band_names) and data.images.shape[1] == len(spec.bands):
+        data.band_names = list(spec.bands)  # bands the files do not name: assume the model's order
     if split in (None, "all"):
         return data
     split_file = predictor.package.path / "split.json"
     if not split_file.is_file():
-        from eodeploy.errors import DataError
-
         raise DataError(
             f"package {predictor.package.name} v{predictor.package.version} records no split; "
             "evaluate with --split all"
@@ -42,7 +38,7 @@ def evaluate(predictor: Predictor, data: PatchDataset, batch_size: int = 64) -> 
     report["mean_confidence"] = round(float(pred.confidence.mean()), 4)
     report["data_hash"] = data.files_hash()
     report["model"] = {"name": predictor.package.name, "version": predictor.package.version}
-    report["evaluated"] = dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
+    report["evaluated"] = dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
     report["errors"] = [
         {"file": f, "true": predictor.spec.class_names[t], "predicted": n}
         for f, t, p, n in zip(data.files, data.labels, pred.class_ids, pred.class_names)
@@ -72,7 +68,9 @@ def plot_confusion(report: dict[str, Any], path: str | Path, title: str = "") ->
     ax.set_yticks(range(len(names)), names)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(title or f"accuracy {report['accuracy']:.1%}, macro-F1 {report['macro_f1']:.3f} (n={report['n']})")
+    ax.set_title(
+        title or f"accuracy {report['accuracy']:.1%}, macro-F1 {report['macro_f1']:.3f} (n={report['n']})"
+    )
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path)
@@ -83,7 +81,9 @@ def plot_confusion(report: dict[str, Any], path: str | Path, title: str = "") ->
 def report_table(report: dict[str, Any]) -> Any:
     from rich.table import Table
 
-    t = Table(title=f"accuracy {report['accuracy']:.2%} · macro-F1 {report['macro_f1']:.3f} · n={report['n']}")
+    t = Table(
+        title=f"accuracy {report['accuracy']:.2%} · macro-F1 {report['macro_f1']:.3f} · n={report['n']}"
+    )
     for col in ("class", "precision", "recall", "F1", "support"):
         t.add_column(col, justify="left" if col == "class" else "right")
     for c, m in report["per_class"].items():

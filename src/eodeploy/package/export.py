@@ -34,12 +34,14 @@ def triton_config(pkg: ModelPackage, max_batch_size: int = 64) -> str:
             "  {",
             f'    name: "{spec.output_name}"',
             "    data_type: TYPE_FP32",
-            f"    dims: [ {len(spec.classes)} ]" if not fixed else f"    dims: [ {fixed}, {len(spec.classes)} ]",
+            f"    dims: [ {len(spec.classes)} ]"
+            if not fixed
+            else f"    dims: [ {fixed}, {len(spec.classes)} ]",
             f'    label_filename: "{labels}"',
             "  }",
             "]",
             *(["dynamic_batching {", "  max_queue_delay_microseconds: 2000", "}"] if mbs else []),
-            'instance_group [ { kind: KIND_CPU, count: 1 } ]',
+            "instance_group [ { kind: KIND_CPU, count: 1 } ]",
             f'parameters {{ key: "eodeploy_bands" value: {{ string_value: {json.dumps(",".join(spec.bands))} }} }}',
             "",
         ]

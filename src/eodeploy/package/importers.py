@@ -91,7 +91,9 @@ def _from_pytorch(path: Path, opts: ImportOptions) -> tuple[bytes, SourceFn | No
     net.eval()
     bands = opts.bands or []
     if not bands:
-        raise ImportModelError("PyTorch models carry no input shape: give --bands (and the patch size is 64x64 unless the model says otherwise)")
+        raise ImportModelError(
+            "PyTorch models carry no input shape: give --bands (and the patch size is 64x64 unless the model says otherwise)"
+        )
     import io
 
     dummy = torch.zeros(1, len(bands), 64, 64)
@@ -220,8 +222,10 @@ def _layout(shape: list[Any], opts: ImportOptions) -> str:
         if d3 == n:
             return "NHWC"
         raise ImportModelError(f"model input {shape} has no axis of {n} bands (from --bands)")
-    return "NHWC" if isinstance(d3, int) and isinstance(d1, int) and d3 < d1 else (
-        "NCHW" if isinstance(d1, int) else "NHWC"
+    return (
+        "NHWC"
+        if isinstance(d3, int) and isinstance(d1, int) and d3 < d1
+        else ("NCHW" if isinstance(d1, int) else "NHWC")
     )
 
 

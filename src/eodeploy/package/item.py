@@ -29,7 +29,7 @@ def build_item(
     derived_from: tuple[str, int] | None = None,
     extra_assets: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
     props: dict[str, Any] = {
         "datetime": now,
         "description": spec.description or f"{spec.architecture} classifying {len(spec.classes)} classes",

@@ -13,7 +13,6 @@ import re
 import shutil
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -121,7 +120,9 @@ class ModelRepository:
         if not self.root.is_dir():
             return []
         return sorted(
-            p.name for p in self.root.iterdir() if p.is_dir() and _NAME.match(p.name) and self.versions(p.name)
+            p.name
+            for p in self.root.iterdir()
+            if p.is_dir() and _NAME.match(p.name) and self.versions(p.name)
         )
 
     def versions(self, name: str) -> list[int]:
@@ -203,9 +204,7 @@ class ModelRepository:
             digest, size = sha256_file(model_path), model_path.stat().st_size
             while True:
                 v = version if version is not None else (max(self.versions(name), default=0) + 1)
-                item = build_item(
-                    spec, name, v, digest, size, properties, derived_from, extra_assets
-                )
+                item = build_item(spec, name, v, digest, size, properties, derived_from, extra_assets)
                 validate_item(item)
                 _write_json_atomic(tmp / ITEM_FILE, item)
                 for f in tmp.iterdir():

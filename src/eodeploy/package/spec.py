@@ -63,9 +63,7 @@ class ModelSpec:
         if self.layout not in LAYOUTS:
             raise PackageSpecError(f"layout {self.layout!r} is not one of {sorted(LAYOUTS)}")
         if self.output_kind not in ("probabilities", "logits"):
-            raise PackageSpecError(
-                f"output kind {self.output_kind!r} must be 'probabilities' or 'logits'"
-            )
+            raise PackageSpecError(f"output kind {self.output_kind!r} must be 'probabilities' or 'logits'")
         if not self.bands:
             raise PackageSpecError("a model needs at least one input band name")
         if len(set(self.bands)) != len(self.bands):

@@ -26,9 +26,7 @@ def _validator() -> Any:
 
     files = resources.files("eodeploy.package") / "schemas"
     docs = {url: json.loads((files / name).read_text()) for url, name in _SCHEMA_FILES.items()}
-    registry = Registry().with_resources(
-        (url, Resource.from_contents(doc)) for url, doc in docs.items()
-    )
+    registry = Registry().with_resources((url, Resource.from_contents(doc)) for url, doc in docs.items())
     # The processing schema's own $id still names v1.0.0; register that spelling too.
     proc = docs["https://stac-extensions.github.io/processing/v1.1.0/schema.json"]
     if proc.get("$id"):

@@ -82,9 +82,7 @@ class Predictor:
                 str(self.package.model_path), sess_options=opts, providers=self.providers
             )
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph types
-            raise PackageIntegrityError(
-                f"ONNX Runtime cannot load {self.package.model_path}: {exc}"
-            ) from exc
+            raise PackageIntegrityError(f"ONNX Runtime cannot load {self.package.model_path}: {exc}") from exc
         inputs = self.session.get_inputs()
         self._input_name = inputs[0].name
         self._output_name = self.session.get_outputs()[0].name

@@ -27,9 +27,7 @@ def select_bands(x: np.ndarray, spec: ModelSpec, band_names: Sequence[str] | Non
         return x
     band_names = list(band_names)
     if len(band_names) != x.shape[1]:
-        raise InvalidInputError(
-            f"{len(band_names)} band names given for an input of {x.shape[1]} bands"
-        )
+        raise InvalidInputError(f"{len(band_names)} band names given for an input of {x.shape[1]} bands")
     missing = [b for b in spec.bands if b not in band_names]
     if missing:
         raise InvalidInputError(
@@ -80,17 +78,13 @@ def scale_values(x: np.ndarray, spec: ModelSpec) -> np.ndarray:
     return out
 
 
-def preprocess(
-    x: np.ndarray, spec: ModelSpec, band_names: Sequence[str] | None = None
-) -> np.ndarray:
+def preprocess(x: np.ndarray, spec: ModelSpec, band_names: Sequence[str] | None = None) -> np.ndarray:
     """Raw patches (N, C, H, W) or one patch (C, H, W) -> float32 tensor in the model's layout."""
     x = np.asarray(x)
     if x.ndim == 3:
         x = x[None]
     if x.ndim != 4:
-        raise InvalidInputError(
-            f"expected patches shaped (batch, bands, height, width), got shape {x.shape}"
-        )
+        raise InvalidInputError(f"expected patches shaped (batch, bands, height, width), got shape {x.shape}")
     if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
         raise InvalidInputError(f"input values must be numbers, got dtype {x.dtype}")
     if x.shape[0] == 0:

@@ -47,9 +47,7 @@ def fit_split(
 
     train, val, test = data.subset(split.train), data.subset(split.val), data.subset(split.test)
     spec = spec_for(data, train, name, config.arch)
-    result = train_classifier(
-        spec, train.images, train.labels, val.images, val.labels, config, on_epoch
-    )
+    result = train_classifier(spec, train.images, train.labels, val.images, val.labels, config, on_epoch)
     from eodeploy.runtime.preprocess import preprocess
 
     with torch.no_grad():
@@ -85,7 +83,13 @@ def train_package(
             "data_files": len(data),
             "data_hash": data.files_hash(),
             "train_files_hash": train.files_hash(),
-            "split": {"seed": seed, "train": len(split.train), "val": len(split.val), "test": len(split.test)},
+            "test_files_hash": data.subset(split.test).files_hash(),
+            "split": {
+                "seed": seed,
+                "train": len(split.train),
+                "val": len(split.val),
+                "test": len(split.test),
+            },
             "best_epoch": result.best_epoch,
             "best_val_accuracy": round(result.best_val_accuracy, 4),
             "seconds": round(result.seconds, 1),
@@ -123,7 +127,9 @@ def _summary(report: dict[str, Any]) -> dict[str, Any]:
 
 
 def cross_validate(
-    data_dir: str | Path, config: TrainConfig, seeds: list[int],
+    data_dir: str | Path,
+    config: TrainConfig,
+    seeds: list[int],
     on_result: Callable[[int, dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Repeat the seeded split + training for each seed; mean and spread of test accuracy."""

@@ -21,7 +21,7 @@ torch = lazy_import("torch", "train")
 @dataclass
 class TrainConfig:
     arch: str = "compact-cnn"
-    epochs: int = 120
+    epochs: int = 80
     patience: int = 30
     batch_size: int = 32
     lr: float = 3e-3

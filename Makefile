@@ -1,0 +1,36 @@
+# The README's two commands are `make run` and `make test`; CI (.ci/run) calls `make test`.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DATA ?= ../shared/data/eurosat
+
+.PHONY: run test lint bench install install-dev clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+install: $(BIN)/python
+	$(BIN)/pip install -q -e .
+
+install-dev: $(BIN)/python
+	$(BIN)/pip install -q -e '.[train,keras,dev]'
+
+# Main job on embedded defaults: the bundled model evaluated on the held-out split of the shared EuroSAT data.
+run: install
+	$(BIN)/eodeploy models list
+	$(BIN)/eodeploy evaluate eurosat-cnn $(DATA) --split test --no-save --plot confusion_test.png
+
+# All tests, with every optional stack required (a missing one fails instead of skipping).
+test: install-dev
+	EODEPLOY_REQUIRE_EXTRAS=1 $(BIN)/python -m pytest -q
+
+lint: install-dev
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+bench: install-dev
+	$(BIN)/python benchmarks/training.py --data $(DATA)
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache
