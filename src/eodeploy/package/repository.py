@@ -6,7 +6,6 @@ renamed into place, so a reader never sees a half-written version, whatever cras
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -17,6 +16,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from eodeploy._files import file_digest
 from eodeploy.errors import ModelNotFoundError, PackageIntegrityError, PackageSpecError
 from eodeploy.package.item import build_item
 from eodeploy.package.spec import ModelSpec
@@ -28,11 +28,7 @@ _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9._-]{0,126}[A-Za-z0-9]$")  # as mlm:name
 
 
 def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return file_digest(path, "sha256")
 
 
 def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
