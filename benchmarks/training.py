@@ -31,6 +31,9 @@ def main() -> None:
     ap.add_argument("--arch", default="compact-cnn")
     ap.add_argument("--epochs", type=int, default=80)
     ap.add_argument("--patience", type=int, default=40)
+    ap.add_argument(
+        "--refit", action="store_true", help="retrain on train+val for the early-stopped epoch count"
+    )
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/training.json"))
     args = ap.parse_args()
 
@@ -38,7 +41,9 @@ def main() -> None:
     rows = []
     console = Console()
     for seed in args.seeds:
-        cfg = TrainConfig(arch=args.arch, epochs=args.epochs, patience=args.patience, seed=seed)
+        cfg = TrainConfig(
+            arch=args.arch, epochs=args.epochs, patience=args.patience, seed=seed, refit=args.refit
+        )
         t0 = time.perf_counter()
         _, result, report = fit_split(data, stratified_split(data, seed=seed), cfg)
         rows.append({

@@ -129,3 +129,17 @@ def test_import_cli_and_bad_options(tmp_path: Path) -> None:
 def test_export_unknown_format(repo: ModelRepository, tmp_path: Path) -> None:
     r = invoke("export", "tiny", "--format", "coreml", "--out", str(tmp_path), "--repo", str(repo.root))
     assert r.exit_code == 2 and "unknown export format" in r.output
+
+
+@pytest.mark.slow
+def test_refit_trains_on_train_and_val(eurosat_dir: Path, tmp_path: Path) -> None:
+    require("torch")
+    r = invoke(
+        "train", str(eurosat_dir), "--name", "refit-cnn", "--epochs", "2", "--refit", "--repo", str(tmp_path)
+    )
+    assert r.exit_code == 0, r.output
+    pkg = ModelRepository(tmp_path).get("refit-cnn")
+    assert pkg.properties["mlm:hyperparameters"]["refit"] is True
+    # Reference statistics cover train + val (18 of 24 patches), the data the weights saw.
+    assert pkg.properties["eodeploy:reference_stats"]["n_samples"] == 18
+    assert pkg.properties["eodeploy:metrics"]["n"] == 6

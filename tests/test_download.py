@@ -22,7 +22,9 @@ def archive(tmp_path: Path, eurosat_dir: Path) -> Path:
     return zpath
 
 
-def test_download_verifies_and_unpacks(tmp_path: Path, archive: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_download_verifies_and_unpacks(
+    tmp_path: Path, archive: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     arc = Archive(archive.as_uri(), "EuroSAT.zip", md5_file(archive), "2750")
     monkeypatch.setitem(download.EUROSAT, "rgb", arc)
     root = download_eurosat(tmp_path / "dl", "rgb")
@@ -30,7 +32,9 @@ def test_download_verifies_and_unpacks(tmp_path: Path, archive: Path, monkeypatc
     assert download_eurosat(tmp_path / "dl", "rgb") == root  # second call reuses the archive
 
 
-def test_checksum_mismatch_leaves_nothing(tmp_path: Path, archive: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_checksum_mismatch_leaves_nothing(
+    tmp_path: Path, archive: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setitem(download.EUROSAT, "rgb", Archive(archive.as_uri(), "EuroSAT.zip", "0" * 32, "2750"))
     with pytest.raises(DataError, match="checksum mismatch"):
         download_eurosat(tmp_path / "dl", "rgb")

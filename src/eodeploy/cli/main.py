@@ -91,6 +91,9 @@ def train(
         ),
     ] = 0,
     threads: Annotated[int, typer.Option(help="PyTorch threads (0: all cores).")] = 0,
+    refit: Annotated[
+        bool, typer.Option(help="After early stopping, retrain on train+val for the chosen epoch count.")
+    ] = False,
     repo: RepoOpt = None,
 ) -> None:
     """Train a CNN with PyTorch on CPU and write it as a new package version."""
@@ -99,7 +102,9 @@ def train(
     from eodeploy.train.trainer import TrainConfig
 
     data_dir = data or settings().data_dir
-    config = TrainConfig(arch=arch, epochs=epochs, patience=patience, seed=seed, threads=threads or None)
+    config = TrainConfig(
+        arch=arch, epochs=epochs, patience=patience, seed=seed, threads=threads or None, refit=refit
+    )
     cv_result = None
     with progress() as bar:
         if cv:

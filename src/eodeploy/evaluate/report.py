@@ -95,10 +95,10 @@ def confusion_table(report: dict[str, Any]) -> Any:
     from rich.table import Table
 
     names = report["class_names"]
-    t = Table(title="confusion matrix (rows: true, columns: predicted)")
-    t.add_column("")
-    for n in names:
-        t.add_column(n[:5], justify="right")
-    for n, row in zip(names, report["confusion_matrix"]):
-        t.add_row(n, *[str(v) if v else "·" for v in row])
+    t = Table(title="confusion matrix (rows: true, columns: predicted class number)")
+    t.add_column("true class")
+    for i in range(len(names)):
+        t.add_column(str(i), justify="right")
+    for i, (n, row) in enumerate(zip(names, report["confusion_matrix"])):
+        t.add_row(f"{i} {n}", *[str(v) if v else "·" for v in row])
     return t

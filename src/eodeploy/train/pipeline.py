@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import platform
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,13 @@ def fit_split(
     train, val, test = data.subset(split.train), data.subset(split.val), data.subset(split.test)
     spec = spec_for(data, train, name, config.arch)
     result = train_classifier(spec, train.images, train.labels, val.images, val.labels, config, on_epoch)
+    if config.refit:
+        both = data.subset(split.train + split.val)
+        spec = spec_for(data, both, name, config.arch)
+        refit_cfg = replace(config, epochs=result.best_epoch, patience=config.epochs + 1, select_best=False)
+        chosen = result
+        result = train_classifier(spec, both.images, both.labels, val.images, val.labels, refit_cfg, on_epoch)
+        result.best_epoch, result.best_val_accuracy = chosen.best_epoch, chosen.best_val_accuracy
     from eodeploy.runtime.preprocess import preprocess
 
     # Score what will be exported: probabilities averaged over the 8 flips/rotations.
@@ -78,7 +85,8 @@ def train_package(
     data = load_patch_folder(data_dir)
     split = stratified_split(data, seed=seed)
     spec, result, torch_report = fit_split(data, split, config, name, on_epoch)
-    train = data.subset(split.train)
+    # Reference statistics describe the data the final weights were fitted on.
+    train = data.subset(split.train + split.val if config.refit else split.train)
     onnx_bytes = export_onnx(result.model, spec)
     props = {
         "mlm:total_parameters": int(sum(p.numel() for p in result.model.parameters())),

@@ -29,6 +29,11 @@ class TrainConfig:
     label_smoothing: float = 0.1
     seed: int = 0
     threads: int | None = None
+    #: After early stopping picks the epoch count on the validation set, train again on
+    #: train + validation for that many epochs (the test set stays untouched).
+    refit: bool = False
+    #: Keep the weights of the best validation epoch (False: those of the last epoch).
+    select_best: bool = True
 
 
 @dataclass
@@ -122,7 +127,7 @@ def train_classifier(
         history.append(row)
         if on_epoch:
             on_epoch(epoch, row)
-        if (val_acc, -val_loss) > (best[0], -best[1]):
+        if not config.select_best or (val_acc, -val_loss) > (best[0], -best[1]):
             best, best_epoch, stale = (val_acc, val_loss), epoch, 0
             best_state = copy.deepcopy(model.state_dict())
         else:
