@@ -41,3 +41,23 @@ class MissingExtraError(EodeployError, ImportError):
         )
         self.module = module
         self.extra = extra
+
+
+class ServerBusyError(EodeployError, RuntimeError):
+    """The inference queue is full; the client should retry after a short wait."""
+
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class InferenceTimeoutError(EodeployError, TimeoutError):
+    """A request waited longer than its timeout before it could be computed."""
+
+
+class ModelNotReadyError(EodeployError, RuntimeError):
+    """A model that exists but is loading, unloading or failed to load."""
+
+
+class PayloadTooLargeError(EodeployError, ValueError):
+    """A request body or tensor above the configured limits."""

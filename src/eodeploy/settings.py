@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -19,3 +20,32 @@ class Settings(BaseSettings):
     #: ONNX Runtime threads (0: let ONNX Runtime decide).
     intra_op_threads: int = 0
     inter_op_threads: int = 0
+
+    # --- Serving (eodeploy serve) ---
+    host: str = "127.0.0.1"
+    port: int = 8000
+    #: Open Inference Protocol gRPC port (0: no gRPC server).
+    grpc_port: int = 8001
+    #: Default version policy for models without serving.json: "latest:N", "all" or "specific:1,3".
+    version_policy: str = "latest:1"
+    #: Dynamic batcher (Triton-style): largest batch, longest wait for more requests, queue bound.
+    max_batch_size: int = 32
+    max_queue_delay_ms: float = 2.0
+    max_queue_size: int = 512
+    #: A request that has waited this long in the queue is refused (504 / DEADLINE_EXCEEDED).
+    request_timeout_s: float = 30.0
+    #: Seconds between model-repository scans for new or removed versions (0: no hot reload).
+    poll_interval_s: float = 2.0
+    #: Response cache: in-process LRU bound in MiB (0: off), or Redis shared by replicas.
+    cache_mib: float = 64.0
+    redis_url: str | None = None
+    cache_ttl_s: int = 3600
+    #: API keys accepted in the X-API-Key header (or "Authorization: Bearer"); empty: no auth.
+    api_keys: list[SecretStr] = []
+    #: Also require a key for inference (admin/repository endpoints always need one when keys are set).
+    auth_inference: bool = False
+    #: Largest request body and largest number of patches in one request.
+    max_body_mib: float = 64.0
+    max_request_patches: int = 1024
+    #: JSON access logs (one line per request, with its request id).
+    log_json: bool = True

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from eodeploy.cli import data_cmd, models_cmd
+from eodeploy.cli import data_cmd, models_cmd, serve_cmd
 from eodeploy.cli._common import console, err_console, handle_errors, progress, settings
 
 app = typer.Typer(
@@ -19,6 +19,7 @@ app = typer.Typer(
 )
 app.add_typer(models_cmd.app, name="models")
 app.add_typer(data_cmd.app, name="data")
+app.command("serve")(serve_cmd.serve)
 
 RepoOpt = Annotated[
     Path | None, typer.Option("--repo", help="Model repository (default: EODEPLOY_MODEL_REPO or ./models).")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -37,6 +38,34 @@ def read_image(path: str | Path) -> np.ndarray:
     raise DataError(f"{path}: unsupported file type {suffix!r}; use GeoTIFF (.tif), JPEG/PNG or .npy")
 
 
+def decode_image(data: bytes, name: str = "upload") -> np.ndarray:
+    """Decode an uploaded file's bytes (GeoTIFF, PNG/JPEG or .npy, told apart by content)."""
+    import io
+
+    if not data:
+        raise DataError(f"{name}: the file is empty; send a GeoTIFF, PNG/JPEG or .npy patch")
+    try:
+        if data[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+            from rasterio.io import MemoryFile
+
+            with MemoryFile(data) as mem, mem.open() as src:
+                return src.read()
+        if data[:6] == b"\x93NUMPY":
+            return _as_chw(np.load(io.BytesIO(data), allow_pickle=False), name)
+        if data[:8] == b"\x89PNG\r\n\x1a\n" or data[:3] == b"\xff\xd8\xff":
+            return _read_picture(io.BytesIO(data))
+    except DataError:
+        raise
+    except Exception as exc:
+        raise DataError(
+            f"{name}: cannot be decoded ({exc}); check that the file is complete and not damaged"
+        ) from exc
+    raise DataError(
+        f"{name}: not a GeoTIFF, PNG, JPEG or .npy file (unrecognised content); "
+        "send one of those formats"
+    )
+
+
 def _read_geotiff(path: Path) -> np.ndarray:
     import warnings
 
@@ -49,7 +78,7 @@ def _read_geotiff(path: Path) -> np.ndarray:
             return src.read()
 
 
-def _read_picture(path: Path) -> np.ndarray:
+def _read_picture(path: Path | Any) -> np.ndarray:
     from PIL import Image
 
     with Image.open(path) as img:
@@ -61,7 +90,10 @@ def _read_picture(path: Path) -> np.ndarray:
 
 
 def _read_npy(path: Path) -> np.ndarray:
-    arr = np.load(path, allow_pickle=False)
+    return _as_chw(np.load(path, allow_pickle=False), str(path))
+
+
+def _as_chw(arr: np.ndarray, path: str) -> np.ndarray:
     if arr.ndim == 2:
         arr = arr[None]
     if arr.ndim != 3:

@@ -63,6 +63,7 @@ class Predictor:
         intra_op_threads: int | None = None,
         inter_op_threads: int | None = None,
         verify: bool = True,
+        session_config: dict[str, str] | None = None,
     ) -> None:
         import onnxruntime as ort
 
@@ -76,6 +77,9 @@ class Predictor:
             opts.intra_op_num_threads = intra_op_threads
         if inter_op_threads:
             opts.inter_op_num_threads = inter_op_threads
+        # e.g. {"session.intra_op.allow_spinning": "0"}: a server should not spin idle threads.
+        for key, value in (session_config or {}).items():
+            opts.add_session_config_entry(key, value)
         self.providers = choose_providers(providers)
         try:
             self.session = ort.InferenceSession(

@@ -78,6 +78,18 @@ def scale_values(x: np.ndarray, spec: ModelSpec) -> np.ndarray:
     return out
 
 
+def as_channels_first(x: np.ndarray, spec: ModelSpec) -> np.ndarray:
+    """Accept channels-last patches (N, H, W, bands), as Keras users and GEE exports send them."""
+    n_bands = len(spec.bands)
+    if (
+        x.ndim == 4
+        and x.shape[1:] == (spec.height, spec.width, n_bands)
+        and x.shape[1] != n_bands
+    ):
+        return x.transpose(0, 3, 1, 2)
+    return x
+
+
 def preprocess(x: np.ndarray, spec: ModelSpec, band_names: Sequence[str] | None = None) -> np.ndarray:
     """Raw patches (N, C, H, W) or one patch (C, H, W) -> float32 tensor in the model's layout."""
     x = np.asarray(x)

@@ -1,0 +1,67 @@
+"""``eodeploy serve``: the inference server over a model repository."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from eodeploy.cli._common import err_console, handle_errors, settings
+
+
+@handle_errors
+def serve(
+    model_repo: Annotated[
+        Path | None, typer.Argument(help="Model repository (default: EODEPLOY_MODEL_REPO or ./models).")
+    ] = None,
+    host: Annotated[str | None, typer.Option(help="Address to bind (default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="HTTP port (default 8000).")] = None,
+    grpc_port: Annotated[int | None, typer.Option(help="gRPC port; 0 turns gRPC off (default 8001).")] = None,
+    version_policy: Annotated[
+        str | None, typer.Option(help="'latest:N', 'all' or 'specific:1,3' for models without serving.json.")
+    ] = None,
+    max_batch_size: Annotated[int | None, typer.Option(help="Dynamic batcher: largest batch.")] = None,
+    max_queue_delay_ms: Annotated[float | None, typer.Option(help="Dynamic batcher: longest wait.")] = None,
+    redis_url: Annotated[str | None, typer.Option(help="Share the response cache through Redis.")] = None,
+) -> None:
+    """Serve every model in the repository: TF Serving REST, OIP v2 REST + gRPC, and /predict uploads.
+
+    Settings not given here come from EODEPLOY_* environment variables (see docs/serving.md).
+    """
+    import uvicorn
+
+    from eodeploy.serve import create_app
+    from eodeploy.serve.middleware import configure_logging
+    from eodeploy.serve.policy import VersionPolicy
+
+    overrides = {
+        "model_repo": model_repo,
+        "host": host,
+        "port": port,
+        "grpc_port": grpc_port,
+        "version_policy": version_policy,
+        "max_batch_size": max_batch_size,
+        "max_queue_delay_ms": max_queue_delay_ms,
+        "redis_url": redis_url,
+    }
+    cfg = settings().model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    VersionPolicy.parse(cfg.version_policy)  # a bad policy is a clear error before anything starts
+    if not cfg.model_repo.is_dir():
+        from eodeploy.errors import ModelNotFoundError
+
+        raise ModelNotFoundError(f"model repository {cfg.model_repo} does not exist; pass a folder of models")
+    configure_logging(cfg.log_json)
+    err_console.print(
+        f"eodeploy serving {cfg.model_repo} on http://{cfg.host}:{cfg.port} "
+        f"(docs at /docs, metrics at /metrics)"
+        + (f", gRPC on {cfg.host}:{cfg.grpc_port}" if cfg.grpc_port else "")
+    )
+    uvicorn.run(
+        create_app(cfg),
+        host=cfg.host,
+        port=cfg.port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=10,
+    )

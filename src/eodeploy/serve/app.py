@@ -1,0 +1,95 @@
+"""``create_app(settings)``: wires the registry, batchers, cache and protocols into one ASGI app."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+
+from eodeploy import __version__
+from eodeploy.errors import EodeployError
+from eodeploy.serve import errors, oip_rest, tfserving, upload
+from eodeploy.serve.cache import LRUCache, RedisCache, ResponseCache
+from eodeploy.serve.inference import InferenceService
+from eodeploy.serve.metrics import ServerMetrics
+from eodeploy.serve.middleware import RequestContextMiddleware
+from eodeploy.serve.registry import ModelRegistry
+from eodeploy.settings import Settings
+
+log = logging.getLogger("eodeploy.serve")
+
+
+def make_cache(settings: Settings) -> ResponseCache | None:
+    if settings.redis_url:
+        return RedisCache(settings.redis_url, settings.cache_ttl_s)
+    if settings.cache_mib > 0:
+        return LRUCache(int(settings.cache_mib * 2**20))
+    return None
+
+
+def create_app(settings: Settings | None = None, grpc: bool = True) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state = app.state
+        await state.registry.start()
+        grpc_server: Any = None
+        if grpc and settings.grpc_port:
+            from eodeploy.serve.oip_grpc import start_grpc_server
+
+            grpc_server = await start_grpc_server(
+                state, settings.host, settings.grpc_port, int(settings.max_body_mib * 2**20)
+            )
+        log.info("serving %s", ", ".join(state.registry.names()) or "no models")
+        try:
+            yield
+        finally:
+            if grpc_server is not None:
+                await grpc_server.stop(grace=5)
+            await state.registry.stop()
+
+    app = FastAPI(
+        title="eodeploy inference server",
+        version=__version__,
+        description=(
+            "Serves the model repository over TensorFlow Serving REST, the Open Inference Protocol v2 "
+            "(REST; gRPC on its own port) and a simple upload endpoint. Inputs are raw band values; "
+            "each model package's own preprocessing is applied on the server."
+        ),
+        lifespan=lifespan,
+    )
+    metrics = ServerMetrics()
+    registry = ModelRegistry(settings, metrics)
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.registry = registry
+    app.state.inference = InferenceService(registry, metrics, make_cache(settings), settings.max_request_patches)
+
+    app.add_exception_handler(EodeployError, errors.domain_error_handler)
+    app.add_exception_handler(HTTPException, errors.http_error_handler)
+    app.add_exception_handler(RequestValidationError, errors.validation_error_handler)
+    app.add_exception_handler(Exception, errors.unexpected_error_handler)
+    app.add_middleware(RequestContextMiddleware, max_body_bytes=int(settings.max_body_mib * 2**20))
+
+    app.include_router(upload.router)
+    app.include_router(tfserving.router)
+    app.include_router(oip_rest.router)
+
+    @app.get("/metrics", tags=["Operations"], summary="Prometheus metrics")
+    async def prometheus_metrics(request: Request) -> Response:
+        return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/", include_in_schema=False)
+    async def root() -> Response:
+        return RedirectResponse("/docs")
+
+    return app

@@ -1,0 +1,126 @@
+"""Protocol-independent inference: route to a version, consult the cache, queue on the batcher."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from eodeploy.errors import (
+    EodeployError,
+    InferenceTimeoutError,
+    InvalidInputError,
+    PayloadTooLargeError,
+    ServerBusyError,
+)
+from eodeploy.runtime.preprocess import as_channels_first
+from eodeploy.serve.cache import ResponseCache, cache_key
+from eodeploy.serve.metrics import ServerMetrics
+from eodeploy.serve.registry import ModelRegistry, ServedModel
+
+
+@dataclass
+class InferenceResult:
+    model: ServedModel
+    probabilities: np.ndarray  # (N, n_classes) float32
+    cached: bool = False
+
+    @property
+    def class_ids(self) -> np.ndarray:
+        return self.probabilities.argmax(axis=1).astype(np.int64)
+
+    @property
+    def class_names(self) -> list[str]:
+        names = self.model.spec.class_names
+        return [names[i] for i in self.class_ids]
+
+
+def outcome_of(exc: BaseException | None) -> str:
+    if exc is None:
+        return "success"
+    if isinstance(exc, ServerBusyError):
+        return "busy"
+    if isinstance(exc, InferenceTimeoutError):
+        return "timeout"
+    if isinstance(exc, EodeployError):
+        return "client_error"
+    return "error"
+
+
+class InferenceService:
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        metrics: ServerMetrics,
+        cache: ResponseCache | None,
+        max_request_patches: int,
+    ) -> None:
+        self.registry = registry
+        self.metrics = metrics
+        self.cache = cache
+        self.max_request_patches = max_request_patches
+
+    async def infer(
+        self,
+        name: str,
+        raw: np.ndarray,
+        *,
+        protocol: str,
+        version: int | str | None = None,
+        label: str | None = None,
+        band_names: Sequence[str] | None = None,
+        routing_key: str | None = None,
+    ) -> InferenceResult:
+        t0 = time.perf_counter()
+        served: ServedModel | None = None
+        error: BaseException | None = None
+        try:
+            served = self.registry.resolve(name, version, label, routing_key)
+            raw = self._check(served, raw)
+            key = None
+            if self.cache is not None:
+                key = cache_key(served.name, served.version, raw, band_names)
+                hit = self.cache.get(key)
+                if hit is not None and len(hit) == len(raw):
+                    self.metrics.cache_hits.labels(model=served.name).inc()
+                    return InferenceResult(served, hit, cached=True)
+                self.metrics.cache_misses.labels(model=served.name).inc()
+            proba = await served.batcher.submit(raw, band_names)
+            if key is not None and self.cache is not None:
+                self.cache.put(key, proba)
+            return InferenceResult(served, proba)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            labels = {
+                "model": served.name if served else name,
+                "version": str(served.version) if served else "",
+                "protocol": protocol,
+            }
+            self.metrics.requests.labels(**labels, outcome=outcome_of(error)).inc()
+            if error is None:
+                self.metrics.request_duration.labels(**labels).observe(time.perf_counter() - t0)
+
+    def _check(self, served: ServedModel, raw: np.ndarray) -> np.ndarray:
+        """Cheap checks before queueing, so a malformed request never occupies the batcher."""
+        spec = served.spec
+        raw = np.asarray(raw)
+        if raw.ndim == 3:
+            raw = raw[None]
+        raw = as_channels_first(raw, spec)
+        if raw.ndim != 4:
+            raise InvalidInputError(
+                f"expected patches shaped [batch, {len(spec.bands)}, {spec.height}, {spec.width}] "
+                f"(or channels last), got shape {list(raw.shape)}"
+            )
+        if len(raw) > self.max_request_patches:
+            raise PayloadTooLargeError(
+                f"{len(raw)} patches in one request exceed the limit of {self.max_request_patches}; "
+                "split the request"
+            )
+        if len(raw) == 0:
+            raise InvalidInputError("empty batch: send at least one patch")
+        return raw

@@ -1,0 +1,292 @@
+"""Loaded model versions: version policy, labels, canary routing and hot reload without downtime."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from eodeploy.errors import EodeployError, ModelNotFoundError, ModelNotReadyError
+from eodeploy.package.repository import ModelPackage, ModelRepository
+from eodeploy.runtime.predictor import Predictor
+from eodeploy.serve.batcher import BatchConfig, DynamicBatcher
+from eodeploy.serve.metrics import ServerMetrics
+from eodeploy.serve.policy import SERVING_FILE, ServingConfig, VersionPolicy
+from eodeploy.settings import Settings
+
+log = logging.getLogger("eodeploy.serve.registry")
+
+
+@dataclass
+class ServedModel:
+    """One loaded, warmed-up version with its own batcher."""
+
+    package: ModelPackage
+    predictor: Predictor
+    batcher: DynamicBatcher
+    loaded_at: float = field(default_factory=time.time)
+
+    @property
+    def name(self) -> str:
+        return self.package.name
+
+    @property
+    def version(self) -> int:
+        return self.package.version
+
+    @property
+    def spec(self) -> Any:
+        return self.predictor.spec
+
+
+@dataclass
+class VersionState:
+    state: str  # LOADING | AVAILABLE | UNLOADING | UNAVAILABLE
+    reason: str = ""
+
+
+class ModelRegistry:
+    def __init__(self, settings: Settings, metrics: ServerMetrics) -> None:
+        self.settings = settings
+        self.repo = ModelRepository(settings.model_repo)
+        self.metrics = metrics
+        self.default_policy = VersionPolicy.parse(settings.version_policy)
+        self._served: dict[str, dict[int, ServedModel]] = {}
+        self._configs: dict[str, ServingConfig] = {}
+        self._states: dict[tuple[str, int], VersionState] = {}
+        self._unloaded: set[str] = set()  # explicitly unloaded through the repository API
+        self._lock = asyncio.Lock()
+        self._poll_task: asyncio.Task[None] | None = None
+        self._signature: Any = None
+        self.ready = False
+        self._rng = random.Random()
+
+    # --- lifecycle ------------------------------------------------------------------------------
+    async def start(self) -> None:
+        await self.sync()
+        self.ready = True
+        if self.settings.poll_interval_s > 0:
+            self._poll_task = asyncio.get_running_loop().create_task(self._poll())
+
+    async def stop(self) -> None:
+        if self._poll_task:
+            self._poll_task.cancel()
+        async with self._lock:
+            for name in list(self._served):
+                for v in list(self._served[name]):
+                    await self._drop(name, v)
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.poll_interval_s)
+            try:
+                if self._repo_signature() != self._signature:
+                    await self.sync()
+            except Exception:  # a broken scan must never stop the poller
+                log.exception("model repository scan failed")
+
+    def _repo_signature(self) -> Any:
+        sig = []
+        for name in self.repo.names():
+            cfg = self.repo.root / name / SERVING_FILE
+            sig.append((name, tuple(self.repo.versions(name)), cfg.stat().st_mtime_ns if cfg.exists() else 0))
+        return tuple(sig)
+
+    # --- loading --------------------------------------------------------------------------------
+    async def sync(self, only: str | None = None) -> None:
+        """Bring loaded versions in line with the repository and each model's serving.json."""
+        async with self._lock:
+            self._signature = self._repo_signature()
+            names = set(self.repo.names()) | set(self._served)
+            for name in sorted(names):
+                if only is not None and name != only:
+                    continue
+                await self._sync_model(name)
+
+    async def _sync_model(self, name: str) -> None:
+        available = self.repo.versions(name)
+        if name in self._unloaded or not available:
+            wanted: list[int] = []
+        else:
+            try:
+                cfg = ServingConfig.read(self.repo.root / name, self.default_policy)
+            except EodeployError as exc:  # keep serving what is loaded; report the problem
+                log.error("model %s: %s", name, exc)
+                cfg = self._configs.get(name, ServingConfig(self.default_policy))
+            self._configs[name] = cfg
+            wanted = cfg.wanted(available)
+        current = self._served.setdefault(name, {})
+        for v in wanted:
+            if v not in current:
+                await self._load(name, v)
+        for v in [v for v in current if v not in wanted]:
+            await self._drop(name, v)
+        for key in [k for k in self._states if k[0] == name and k[1] not in wanted]:
+            if self._states[key].state != "UNAVAILABLE" or key[1] not in available:
+                del self._states[key]
+
+    async def _load(self, name: str, version: int) -> None:
+        self._states[(name, version)] = VersionState("LOADING")
+        try:
+            package = self.repo.get(name, version)
+            predictor = await asyncio.to_thread(self._open_and_warm, package)
+        except Exception as exc:
+            reason = str(exc) if isinstance(exc, EodeployError) else f"{type(exc).__name__}: {exc}"
+            log.error("model %s version %s failed to load: %s", name, version, reason)
+            self._states[(name, version)] = VersionState("UNAVAILABLE", reason)
+            return
+        labels = {"model": name, "version": str(version)}
+        m = self.metrics
+        pending = m.pending.labels(**labels)
+        queue = m.queue_duration.labels(**labels)
+        compute = m.compute_duration.labels(**labels)
+        batch = m.batch_size.labels(**labels)
+        execs = m.exec_count.labels(**labels)
+        count = m.inference_count.labels(**labels)
+
+        def observe(kind: str, value: float) -> None:
+            if kind == "pending":
+                pending.set(value)
+            elif kind == "queue":
+                queue.observe(value)
+            elif kind == "compute":
+                compute.observe(value)
+            elif kind == "batch":
+                batch.observe(value)
+                execs.inc()
+                count.inc(value)
+
+        s = self.settings
+        batcher = DynamicBatcher(
+            predictor.preprocess,
+            predictor.run,
+            BatchConfig(s.max_batch_size, s.max_queue_delay_ms / 1000, s.max_queue_size, s.request_timeout_s),
+            observe,
+            name=f"{name}-{version}",
+        )
+        batcher.start()
+        self._served[name][version] = ServedModel(package, predictor, batcher)
+        self._states[(name, version)] = VersionState("AVAILABLE")
+        m.model_ready.labels(**labels).set(1)
+        log.info("model %s version %s ready (%s)", name, version, ", ".join(predictor.providers))
+
+    def _open_and_warm(self, package: ModelPackage) -> Predictor:
+        s = self.settings
+        predictor = Predictor(
+            package,
+            intra_op_threads=s.intra_op_threads or None,
+            inter_op_threads=s.inter_op_threads or None,
+            session_config={"session.intra_op.allow_spinning": "0"},
+        )
+        spec = predictor.spec
+        # Warm up before reporting ready (Triton's model_warmup): one patch, then a full batch.
+        for n in (1, s.max_batch_size):
+            raw = np.zeros((n, len(spec.bands), spec.height, spec.width), np.float32)
+            predictor.run(predictor.preprocess(raw))
+        return predictor
+
+    async def _drop(self, name: str, version: int) -> None:
+        served = self._served.get(name, {}).pop(version, None)
+        if served is None:
+            return
+        self._states[(name, version)] = VersionState("UNLOADING")
+        self.metrics.model_ready.labels(model=name, version=str(version)).set(0)
+        await served.batcher.close()  # in-flight and queued requests finish first
+        self._states.pop((name, version), None)
+        log.info("model %s version %s unloaded", name, version)
+
+    async def load(self, name: str) -> None:
+        if not self.repo.versions(name):
+            raise ModelNotFoundError(self._unknown(name))
+        self._unloaded.discard(name)
+        await self.sync(only=name)
+        if not self._served.get(name):
+            reasons = "; ".join(st.reason for (n, _), st in self._states.items() if n == name and st.reason)
+            raise ModelNotReadyError(f"model {name!r} failed to load: {reasons or 'no version selected'}")
+
+    async def unload(self, name: str) -> None:
+        if name not in self._served and not self.repo.versions(name):
+            raise ModelNotFoundError(self._unknown(name))
+        self._unloaded.add(name)
+        await self.sync(only=name)
+
+    # --- routing --------------------------------------------------------------------------------
+    def names(self) -> list[str]:
+        return sorted(n for n, vs in self._served.items() if vs)
+
+    def served_versions(self, name: str) -> list[int]:
+        return sorted(self._served.get(name, {}))
+
+    def config(self, name: str) -> ServingConfig:
+        return self._configs.get(name, ServingConfig(self.default_policy))
+
+    def _unknown(self, name: str) -> str:
+        return f"model {name!r} is not served here (served: {', '.join(self.names()) or 'none'})"
+
+    def resolve(
+        self, name: str, version: int | str | None = None, label: str | None = None, key: str | None = None
+    ) -> ServedModel:
+        versions = self._served.get(name)
+        if not versions:
+            if any(n == name and st.state == "LOADING" for (n, _), st in self._states.items()):
+                raise ModelNotReadyError(f"model {name!r} is loading; retry shortly")
+            raise ModelNotFoundError(self._unknown(name))
+        cfg = self.config(name)
+        if label is not None:
+            if label not in cfg.labels:
+                raise ModelNotFoundError(
+                    f"model {name!r} has no label {label!r} (labels: {', '.join(cfg.labels) or 'none'})"
+                )
+            version = cfg.labels[label]
+        if version is not None and version != "":
+            try:
+                v = int(version)
+            except (TypeError, ValueError):
+                raise ModelNotFoundError(f"version {version!r} of model {name!r} is not a number") from None
+            if v in versions:
+                return versions[v]
+            state = self._states.get((name, v))
+            if state and state.state == "LOADING":
+                raise ModelNotReadyError(f"model {name!r} version {v} is loading; retry shortly")
+            if state and state.state == "UNAVAILABLE":
+                raise ModelNotReadyError(f"model {name!r} version {v} failed to load: {state.reason}")
+            raise ModelNotFoundError(
+                f"model {name!r} version {v} is not served (served versions: "
+                f"{', '.join(map(str, sorted(versions)))}; the version policy is {cfg.policy})"
+            )
+        return versions[self._default_version(name, cfg, versions, key)]
+
+    def _default_version(
+        self, name: str, cfg: ServingConfig, versions: dict[int, ServedModel], key: str | None
+    ) -> int:
+        stable = cfg.labels.get("stable")
+        base = stable if stable in versions else max(versions)
+        canary = cfg.labels.get("canary")
+        if cfg.canary_percent and canary in versions and canary != base:
+            # A routing key (e.g. a user id) keeps a client on one side of the split, as TF Serving suggests.
+            draw = (zlib.crc32(key.encode()) % 10000) / 100 if key else self._rng.random() * 100
+            if draw < cfg.canary_percent:
+                return canary  # type: ignore[return-value]
+        return base
+
+    def status(self, name: str) -> list[tuple[int, VersionState]]:
+        out = [(v, st) for (n, v), st in self._states.items() if n == name]
+        if not out and not self.repo.versions(name):
+            raise ModelNotFoundError(self._unknown(name))
+        return sorted(out, key=lambda t: t[0])
+
+    def index(self) -> list[dict[str, str]]:
+        rows: list[dict[str, str]] = []
+        for name in self.repo.names():
+            states = [(v, st) for (n, v), st in self._states.items() if n == name]
+            if not states:
+                rows.append({"name": name, "version": "", "state": "UNAVAILABLE", "reason": "unloaded"})
+            for v, st in sorted(states, key=lambda t: t[0]):
+                rows.append({"name": name, "version": str(v), "state": st.state, "reason": st.reason})
+        return rows

@@ -1,0 +1,86 @@
+"""Open Inference Protocol tensors: datatypes, JSON and binary decoding, with clear errors."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from eodeploy.errors import InvalidInputError
+
+DTYPES: dict[str, np.dtype[Any]] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype(np.uint8),
+    "UINT16": np.dtype("<u2"),
+    "UINT32": np.dtype("<u4"),
+    "UINT64": np.dtype("<u8"),
+    "INT8": np.dtype(np.int8),
+    "INT16": np.dtype("<i2"),
+    "INT32": np.dtype("<i4"),
+    "INT64": np.dtype("<i8"),
+    "FP16": np.dtype("<f2"),
+    "FP32": np.dtype("<f4"),
+    "FP64": np.dtype("<f8"),
+}
+DATATYPE_OF = {v: k for k, v in DTYPES.items()}
+#: Raw band values may come as any of these; the package's preprocessing turns them into FP32.
+INPUT_DATATYPES = ["UINT8", "UINT16", "INT16", "INT32", "FP16", "FP32", "FP64"]
+
+
+def dtype_of(datatype: str) -> np.dtype[Any]:
+    try:
+        return DTYPES[datatype]
+    except KeyError:
+        raise InvalidInputError(
+            f"datatype {datatype!r} is not supported for band values; use one of {', '.join(INPUT_DATATYPES)}"
+        ) from None
+
+
+def check_shape(shape: Any) -> list[int]:
+    if not isinstance(shape, list | tuple) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise InvalidInputError(f"shape must be a list of non-negative integers, got {shape!r}")
+    return [int(d) for d in shape]
+
+
+def from_json(data: Any, shape: list[int], datatype: str) -> np.ndarray:
+    """A JSON ``data`` field (flat or nested, row-major) as an array of ``shape``."""
+    dtype = dtype_of(datatype)
+    if datatype not in INPUT_DATATYPES:
+        raise InvalidInputError(f"datatype {datatype} cannot carry band values; use FP32 or UINT16")
+    try:
+        arr = np.asarray(data, dtype=np.float64 if dtype.kind == "f" else np.int64)
+    except (ValueError, TypeError):
+        raise InvalidInputError(
+            "tensor data must be numbers in a flat or nested list (nested lists of equal length)"
+        ) from None
+    expected = math.prod(shape)
+    if arr.size != expected:
+        raise InvalidInputError(f"tensor data holds {arr.size} values but shape {shape} needs {expected}")
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        if arr.size and (arr.min() < info.min or arr.max() > info.max):
+            raise InvalidInputError(f"values outside the range of {datatype}")
+    return arr.reshape(shape).astype(dtype, copy=False)
+
+
+def from_bytes(buf: bytes | memoryview, shape: list[int], datatype: str) -> np.ndarray:
+    dtype = dtype_of(datatype)
+    if datatype not in INPUT_DATATYPES:
+        raise InvalidInputError(f"datatype {datatype} cannot carry band values; use FP32 or UINT16")
+    expected = math.prod(shape) * dtype.itemsize
+    if len(buf) != expected:
+        raise InvalidInputError(
+            f"binary tensor holds {len(buf)} bytes but shape {shape} of {datatype} needs {expected}; "
+            "the payload is truncated or the shape/datatype is wrong"
+        )
+    return np.frombuffer(buf, dtype=dtype).reshape(shape)
+
+
+def shape_error(arr: np.ndarray, bands: int, height: int, width: int) -> str | None:
+    if arr.ndim == 4 and arr.shape[1:] in ((bands, height, width), (height, width, bands)):
+        return None
+    return (
+        f"input shape {list(arr.shape)} does not fit the model, which takes [batch, {bands}, {height}, "
+        f"{width}] raw band values (or [batch, {height}, {width}, {bands}] channels last)"
+    )

@@ -1,0 +1,103 @@
+"""``POST /predict``: upload image files (GeoTIFF, PNG/JPEG, .npy), get classes back.
+
+The guide's Flask example done properly: multipart field ``image`` (one file, as in the guide)
+or ``files`` (several), model chosen by query parameters, errors as ``{"error": ...}``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, Depends, Query, Request
+from starlette.datastructures import UploadFile
+from starlette.responses import JSONResponse
+
+from eodeploy.data.images import decode_image
+from eodeploy.errors import InvalidInputError, PayloadTooLargeError
+from eodeploy.serve.auth import require_inference
+
+router = APIRouter(tags=["Upload"])
+
+_UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "image": {"type": "string", "format": "binary"},
+                        "files": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+@router.post(
+    "/predict",
+    summary="Classify uploaded patches",
+    openapi_extra=_UPLOAD_BODY,
+    dependencies=[Depends(require_inference)],
+)
+async def predict_upload(
+    request: Request,
+    model: str | None = Query(None, description="model name (default: the server's default model)"),
+    version: str | None = Query(None, description="model version (default: latest, or the canary split)"),
+    label: str | None = Query(None, description="version label such as stable or canary"),
+    top_k: int = Query(0, ge=0, le=100, description="also list the k most likely classes"),
+) -> JSONResponse:
+    settings = request.app.state.settings
+    name = model or settings.default_model.split(":")[0]
+    content_type = request.headers.get("content-type", "")
+    if not content_type.startswith("multipart/form-data"):
+        raise InvalidInputError(
+            "send the image as multipart/form-data, e.g. curl -F image=@patch.tif http://HOST/predict"
+        )
+    try:
+        form = await request.form(max_files=settings.max_request_patches + 1)
+    except PayloadTooLargeError:
+        raise
+    except Exception as exc:  # python-multipart / starlette parse errors
+        raise InvalidInputError(f"cannot read the multipart form ({exc})") from None
+    uploads = [f for key in ("image", "files") for f in form.getlist(key) if isinstance(f, UploadFile)]
+    if not uploads:
+        raise InvalidInputError('no file uploaded; send it in the form field "image" (or several in "files")')
+    if len(uploads) > settings.max_request_patches:
+        raise PayloadTooLargeError(f"{len(uploads)} files exceed the limit of {settings.max_request_patches}")
+    arrays = []
+    for f in uploads:
+        arrays.append(decode_image(await f.read(), f.filename or "upload"))
+    shapes = {a.shape for a in arrays}
+    if len(shapes) > 1:
+        raise InvalidInputError(f"uploaded files differ in shape {sorted(shapes)}; send patches of one size")
+    result = await request.app.state.inference.infer(
+        name,
+        np.stack(arrays),
+        protocol="upload",
+        version=version,
+        label=label,
+        routing_key=request.headers.get("x-routing-key"),
+    )
+    names = result.model.spec.class_names
+    rows: list[dict[str, Any]] = []
+    for f, p in zip(uploads, result.probabilities):
+        i = int(p.argmax())
+        row: dict[str, Any] = {
+            "filename": f.filename,
+            "class": names[i],
+            "class_id": i,
+            "confidence": round(float(p[i]), 6),
+            "probabilities": {n: round(float(v), 6) for n, v in zip(names, p)},
+        }
+        if top_k:
+            order = np.argsort(-p)[:top_k]
+            row["top_k"] = [{"class": names[j], "probability": round(float(p[j]), 6)} for j in order]
+        rows.append(row)
+    head = {"model": result.model.name, "version": result.model.version}
+    if len(rows) == 1 and "image" in form:
+        return JSONResponse({**head, **rows[0]})
+    return JSONResponse({**head, "predictions": rows})
