@@ -117,3 +117,26 @@ def repo(tmp_path: Path) -> ModelRepository:
     r = ModelRepository(tmp_path / "models")
     r.add("tiny", linear_onnx(WEIGHTS, BIAS), linear_spec())
     return r
+
+
+WEIGHTS_V2 = -WEIGHTS
+
+
+def reference_proba_v2(raw: np.ndarray) -> np.ndarray:
+    z = (raw.astype(np.float64) - 1000.0) / 500.0
+    logits = z.mean(axis=(2, 3)) @ WEIGHTS_V2 + BIAS
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def add_tiny_v2(repo: ModelRepository) -> None:
+    repo.add("tiny", linear_onnx(WEIGHTS_V2, BIAS), linear_spec())
+
+
+@pytest.fixture
+def raw_patches() -> np.ndarray:
+    """Four raw uint16 13-band patches, one per class plus a mixed one."""
+    rng = np.random.default_rng(7)
+    patches = [make_patch(c, rng) for c in CLASSES]
+    patches.append(np.clip(rng.normal(1200, 300, (13, 64, 64)), 1, 18000).astype(np.uint16))
+    return np.stack(patches)

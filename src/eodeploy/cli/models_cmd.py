@@ -96,3 +96,43 @@ def remove(name: str, version: int, repo: RepoOpt = None) -> None:
     """Remove one version (atomically: readers never see it half-deleted)."""
     _repo(repo).remove(name, version)
     console.print(f"removed {name} v{version}")
+
+
+@app.command()
+@handle_errors
+def route(
+    name: Annotated[str, typer.Argument(help="Model name.")],
+    stable: Annotated[int | None, typer.Option(help="Version labelled 'stable'.")] = None,
+    canary: Annotated[int | None, typer.Option(help="Version labelled 'canary'.")] = None,
+    percent: Annotated[
+        float | None, typer.Option(help="Share (0-100) of unaddressed traffic sent to the canary.")
+    ] = None,
+    policy: Annotated[
+        str | None, typer.Option(help="Version policy: 'latest:N', 'all' or 'specific:1,3'.")
+    ] = None,
+    clear: Annotated[bool, typer.Option(help="Remove labels and the canary split.")] = False,
+    repo: RepoOpt = None,
+) -> None:
+    """Set a model's serving labels, canary split and version policy (serving.json; hot-reloaded)."""
+    from eodeploy.errors import ModelNotFoundError
+    from eodeploy.serve.policy import ServingConfig, VersionPolicy
+
+    r = _repo(repo)
+    versions = r.versions(name)
+    if not versions:
+        raise ModelNotFoundError(f"no model named {name!r} in {r.root}")
+    cfg = ServingConfig.read(r.root / name, VersionPolicy.parse(settings().version_policy))
+    if clear:
+        cfg.labels, cfg.canary_percent = {}, 0.0
+    for label, v in (("stable", stable), ("canary", canary)):
+        if v is not None:
+            if v not in versions:
+                raise ModelNotFoundError(f"{name!r} has no version {v} (versions: {versions})")
+            cfg.labels[label] = v
+    if policy is not None:
+        cfg.policy = VersionPolicy.parse(policy)
+    if percent is not None:
+        cfg.canary_percent = percent
+    cfg = ServingConfig.from_dict(cfg.to_dict(), cfg.policy, f"{name}/serving.json")  # validate
+    cfg.write(r.root / name)
+    console.print_json(json.dumps(cfg.to_dict()))

@@ -61,8 +61,7 @@ def decode_image(data: bytes, name: str = "upload") -> np.ndarray:
             f"{name}: cannot be decoded ({exc}); check that the file is complete and not damaged"
         ) from exc
     raise DataError(
-        f"{name}: not a GeoTIFF, PNG, JPEG or .npy file (unrecognised content); "
-        "send one of those formats"
+        f"{name}: not a GeoTIFF, PNG, JPEG or .npy file (unrecognised content); send one of those formats"
     )
 
 

@@ -81,11 +81,7 @@ def scale_values(x: np.ndarray, spec: ModelSpec) -> np.ndarray:
 def as_channels_first(x: np.ndarray, spec: ModelSpec) -> np.ndarray:
     """Accept channels-last patches (N, H, W, bands), as Keras users and GEE exports send them."""
     n_bands = len(spec.bands)
-    if (
-        x.ndim == 4
-        and x.shape[1:] == (spec.height, spec.width, n_bands)
-        and x.shape[1] != n_bands
-    ):
+    if x.ndim == 4 and x.shape[1:] == (spec.height, spec.width, n_bands) and x.shape[1] != n_bands:
         return x.transpose(0, 3, 1, 2)
     return x
 

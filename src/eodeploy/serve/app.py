@@ -72,7 +72,9 @@ def create_app(settings: Settings | None = None, grpc: bool = True) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.registry = registry
-    app.state.inference = InferenceService(registry, metrics, make_cache(settings), settings.max_request_patches)
+    app.state.inference = InferenceService(
+        registry, metrics, make_cache(settings), settings.max_request_patches
+    )
 
     app.add_exception_handler(EodeployError, errors.domain_error_handler)
     app.add_exception_handler(HTTPException, errors.http_error_handler)

@@ -24,7 +24,9 @@ def key_is_valid(settings: Settings, presented: str | None) -> bool:
         return True
     if not presented:
         return False
-    return any(hmac.compare_digest(presented.encode(), k.get_secret_value().encode()) for k in settings.api_keys)
+    return any(
+        hmac.compare_digest(presented.encode(), k.get_secret_value().encode()) for k in settings.api_keys
+    )
 
 
 def _check(request: Request, needed: bool) -> None:

@@ -47,10 +47,17 @@ class ServerMetrics:
             registry=r,
         )
         self.batch_size = Histogram(
-            "eodeploy_inference_batch_size", "Patches per executed batch", mv, buckets=BATCH_BUCKETS, registry=r
+            "eodeploy_inference_batch_size",
+            "Patches per executed batch",
+            mv,
+            buckets=BATCH_BUCKETS,
+            registry=r,
         )
         self.pending = Gauge(
-            "eodeploy_inference_pending_request_count", "Patches waiting in the batcher's queue", mv, registry=r
+            "eodeploy_inference_pending_request_count",
+            "Patches waiting in the batcher's queue",
+            mv,
+            registry=r,
         )
         self.cache_hits = Counter("eodeploy_cache_hits", "Response-cache hits", ["model"], registry=r)
         self.cache_misses = Counter("eodeploy_cache_misses", "Response-cache misses", ["model"], registry=r)

@@ -125,7 +125,9 @@ class JsonLogFormatter(logging.Formatter):
 def configure_logging(json_logs: bool, level: int = logging.INFO) -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(
-        JsonLogFormatter() if json_logs else logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s")
+        JsonLogFormatter()
+        if json_logs
+        else logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s")
     )
     root = logging.getLogger("eodeploy")
     root.handlers[:] = [handler]

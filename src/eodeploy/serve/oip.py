@@ -7,7 +7,6 @@ from typing import Any
 
 import numpy as np
 
-from eodeploy import __version__
 from eodeploy.errors import InvalidInputError
 from eodeploy.serve.inference import InferenceResult
 from eodeploy.serve.registry import ServedModel
@@ -25,7 +24,11 @@ def model_metadata(model: ServedModel, versions: list[int]) -> dict[str, Any]:
         "versions": [str(v) for v in versions],
         "platform": PLATFORM,
         "inputs": [
-            {"name": spec.input_name, "datatype": "FP32", "shape": [-1, len(spec.bands), spec.height, spec.width]}
+            {
+                "name": spec.input_name,
+                "datatype": "FP32",
+                "shape": [-1, len(spec.bands), spec.height, spec.width],
+            }
         ],
         "outputs": [
             {"name": spec.output_name, "datatype": "FP32", "shape": [-1, len(spec.classes)]},
@@ -34,7 +37,9 @@ def model_metadata(model: ServedModel, versions: list[int]) -> dict[str, Any]:
     }
 
 
-def model_config(model: ServedModel, max_batch_size: int, queue_delay_ms: float, policy: str) -> dict[str, Any]:
+def model_config(
+    model: ServedModel, max_batch_size: int, queue_delay_ms: float, policy: str
+) -> dict[str, Any]:
     """A Triton-shaped model configuration (what ``tritonclient ... get_model_config`` reads)."""
     meta = model_metadata(model, [model.version])
     return {
@@ -43,7 +48,10 @@ def model_config(model: ServedModel, max_batch_size: int, queue_delay_ms: float,
         "backend": "onnxruntime",
         "version_policy": policy,
         "max_batch_size": max_batch_size,
-        "input": [{"name": t["name"], "data_type": "TYPE_" + t["datatype"], "dims": t["shape"][1:]} for t in meta["inputs"]],
+        "input": [
+            {"name": t["name"], "data_type": "TYPE_" + t["datatype"], "dims": t["shape"][1:]}
+            for t in meta["inputs"]
+        ],
         "output": [
             {"name": t["name"], "data_type": "TYPE_" + t["datatype"], "dims": t["shape"][1:] or [1]}
             for t in meta["outputs"]
@@ -77,7 +85,9 @@ class OutputTensor:
         return np.ascontiguousarray(self.array).tobytes()
 
 
-def build_outputs(result: InferenceResult, requested: list[tuple[str, dict[str, Any]]] | None) -> list[OutputTensor]:
+def build_outputs(
+    result: InferenceResult, requested: list[tuple[str, dict[str, Any]]] | None
+) -> list[OutputTensor]:
     """Outputs in the order asked for (all when none are named), with Triton's classification extension."""
     spec = result.model.spec
     proba = result.probabilities
@@ -96,7 +106,9 @@ def build_outputs(result: InferenceResult, requested: list[tuple[str, dict[str, 
             k = max(1, min(int(k), proba.shape[1]))
             top = np.argsort(-proba, axis=1)[:, :k]
             labels = spec.class_names
-            strings = [f"{proba[i, j]:.6f}:{j}:{labels[j]}".encode() for i in range(len(proba)) for j in top[i]]
+            strings = [
+                f"{proba[i, j]:.6f}:{j}:{labels[j]}".encode() for i in range(len(proba)) for j in top[i]
+            ]
             out.append(OutputTensor(name, "BYTES", [len(proba), k], strings=strings))
             continue
         arr = available[name]

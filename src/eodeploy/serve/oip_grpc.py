@@ -23,7 +23,14 @@ from eodeploy.errors import (
     ServerBusyError,
 )
 from eodeploy.serve.auth import key_is_valid
-from eodeploy.serve.oip import EXTENSIONS, PLATFORM, SERVER_NAME, band_names_param, build_outputs, model_metadata
+from eodeploy.serve.oip import (
+    EXTENSIONS,
+    PLATFORM,
+    SERVER_NAME,
+    band_names_param,
+    build_outputs,
+    model_metadata,
+)
 from eodeploy.serve.tensors import from_bytes, from_json
 
 log = logging.getLogger("eodeploy.serve.grpc")
@@ -116,7 +123,9 @@ def make_servicer(state: Any) -> Any:
             rows = state.registry.index()
             if request.ready:
                 rows = [r for r in rows if r["state"] == "AVAILABLE"]
-            return pb.RepositoryIndexResponse(models=[pb.RepositoryIndexResponse.ModelIndex(**r) for r in rows])
+            return pb.RepositoryIndexResponse(
+                models=[pb.RepositoryIndexResponse.ModelIndex(**r) for r in rows]
+            )
 
         async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:  # noqa: N802
             await self._guard(context, admin=True)
@@ -154,7 +163,9 @@ async def _infer(pb: Any, state: Any, request: Any, metadata: dict[str, Any]) ->
     else:
         field = _CONTENTS.get(t.datatype)
         if field is None:
-            raise InvalidInputError(f"datatype {t.datatype!r} is not supported for band values; use FP32 or UINT16")
+            raise InvalidInputError(
+                f"datatype {t.datatype!r} is not supported for band values; use FP32 or UINT16"
+            )
         arr = from_json(np.asarray(getattr(t.contents, field)), shape, t.datatype)
     model = state.registry.resolve(request.model_name, request.model_version or None)
     if t.name != model.spec.input_name:

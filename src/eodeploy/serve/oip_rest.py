@@ -59,7 +59,9 @@ async def config(request: Request, name: str, version: str | None = None) -> Res
     registry = request.app.state.registry
     s = request.app.state.settings
     model = registry.resolve(name, version)
-    return _json(model_config(model, s.max_batch_size, s.max_queue_delay_ms, str(registry.config(name).policy)))
+    return _json(
+        model_config(model, s.max_batch_size, s.max_queue_delay_ms, str(registry.config(name).policy))
+    )
 
 
 @router.get("/v2/models/{name}/ready", summary="Model ready")
@@ -120,9 +122,10 @@ _INFER_BODY = {
     dependencies=[Depends(require_inference)],
 )
 async def infer(request: Request, name: str, version: str | None = None) -> Response:
+    registry = request.app.state.registry
+    registry.resolve(name, version)  # an unknown model or version is a 404 before the body is parsed
     body = await request.body()
     header_len = request.headers.get(HEADER_LENGTH)
-    registry = request.app.state.registry
     if header_len is not None:
         if not header_len.isdigit() or int(header_len) > len(body):
             raise InvalidInputError(
@@ -248,14 +251,18 @@ async def repository_index(request: Request) -> Response:
 
 
 @router.post(
-    "/v2/repository/models/{name}/load", summary="Load or reload a model", dependencies=[Depends(require_admin)]
+    "/v2/repository/models/{name}/load",
+    summary="Load or reload a model",
+    dependencies=[Depends(require_admin)],
 )
 async def repository_load(request: Request, name: str) -> Response:
     await request.app.state.registry.load(name)
     return _json({})
 
 
-@router.post("/v2/repository/models/{name}/unload", summary="Unload a model", dependencies=[Depends(require_admin)])
+@router.post(
+    "/v2/repository/models/{name}/unload", summary="Unload a model", dependencies=[Depends(require_admin)]
+)
 async def repository_unload(request: Request, name: str) -> Response:
     await request.app.state.registry.unload(name)
     return _json({})

@@ -32,7 +32,9 @@ def _status_entry(version: int, state: str, reason: str = "") -> dict[str, Any]:
 @router.get("/v1/models/{name}", summary="Model status (all versions)")
 @router.get("/v1/models/{name}/versions/{version}", summary="Model version status")
 @router.get("/v1/models/{name}/labels/{label}", summary="Status of the version a label points to")
-async def model_status(request: Request, name: str, version: str | None = None, label: str | None = None) -> Response:
+async def model_status(
+    request: Request, name: str, version: str | None = None, label: str | None = None
+) -> Response:
     registry = request.app.state.registry
     states = registry.status(name)
     if label is not None or version is not None:
@@ -58,7 +60,9 @@ async def model_metadata(
     model: ServedModel = request.app.state.registry.resolve(name, version, label)
     spec = model.spec
     signature = {
-        "inputs": {spec.input_name: _tensor_info(spec.input_name, [-1, len(spec.bands), spec.height, spec.width])},
+        "inputs": {
+            spec.input_name: _tensor_info(spec.input_name, [-1, len(spec.bands), spec.height, spec.width])
+        },
         "outputs": {spec.output_name: _tensor_info(spec.output_name, [-1, len(spec.classes)])},
         "method_name": "tensorflow/serving/predict",
     }
@@ -109,7 +113,9 @@ _PREDICT_BODY = {
     openapi_extra=_PREDICT_BODY,
     dependencies=[Depends(require_inference)],
 )
-async def predict(request: Request, name: str, version: str | None = None, label: str | None = None) -> Response:
+async def predict(
+    request: Request, name: str, version: str | None = None, label: str | None = None
+) -> Response:
     try:
         body = orjson.loads(await request.body())
     except orjson.JSONDecodeError as exc:
@@ -163,5 +169,3 @@ def _to_array(data: Any) -> np.ndarray:
     if arr.ndim not in (3, 4):
         raise InvalidInputError(f"expected a batch of patches (4 dimensions), got {arr.ndim} dimension(s)")
     return arr
-
-

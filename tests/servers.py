@@ -1,0 +1,74 @@
+"""Start a real ``eodeploy serve`` process on free ports, for tests that need real clients."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class LiveServer:
+    http: str  # http://127.0.0.1:PORT
+    grpc: str  # 127.0.0.1:PORT
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def hostport(self) -> str:
+        return self.http.removeprefix("http://")
+
+
+@contextmanager
+def live_server(repo: Path, log: Path, **env: str) -> Iterator[LiveServer]:
+    port, grpc_port = free_port(), free_port()
+    environ = {
+        **os.environ,
+        "EODEPLOY_MODEL_REPO": str(repo),
+        "EODEPLOY_PORT": str(port),
+        "EODEPLOY_GRPC_PORT": str(grpc_port),
+        "EODEPLOY_INTRA_OP_THREADS": "1",
+        **env,
+    }
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", "from eodeploy.cli.main import main; main()", "serve"],
+            env=environ,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+        )
+    server = LiveServer(f"http://127.0.0.1:{port}", f"127.0.0.1:{grpc_port}", proc, log)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()}")
+            try:
+                if requests.get(f"{server.http}/v2/health/ready", timeout=1).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"server not ready after 60 s:\n{log.read_text()}")
+            time.sleep(0.2)
+        yield server
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()

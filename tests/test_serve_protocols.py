@@ -1,0 +1,326 @@
+"""Real clients against a real ``eodeploy serve`` process: tritonclient (HTTP + gRPC, binary and
+JSON), plain requests in TF Serving's format (the guide's own snippet), curl uploads."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+
+from conftest import CLASSES, reference_proba, require, write_patch
+from eodeploy.package import ModelRepository
+from servers import LiveServer, live_server
+
+pytestmark = pytest.mark.serve
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    require("fastapi")
+    from conftest import BIAS, WEIGHTS, linear_onnx, linear_spec
+
+    root = tmp_path_factory.mktemp("serve")
+    repo = ModelRepository(root / "models")
+    repo.add("tiny", linear_onnx(WEIGHTS, BIAS), linear_spec())
+    with live_server(root / "models", root / "server.log", EODEPLOY_MAX_BODY_MIB="2") as srv:
+        yield srv
+
+
+def test_tritonclient_http_json_and_binary(server: LiveServer, raw_patches: np.ndarray) -> None:
+    th = require("tritonclient.http")
+    client = th.InferenceServerClient(server.hostport)
+    assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("tiny")
+    meta = client.get_model_metadata("tiny")
+    assert meta["inputs"][0] == {"name": "input", "datatype": "FP32", "shape": [-1, 13, 64, 64]}
+    expected = reference_proba(raw_patches)
+    for binary in (False, True):
+        inp = th.InferInput("input", list(raw_patches.shape), "UINT16")
+        inp.set_data_from_numpy(raw_patches, binary_data=binary)
+        outputs = [th.InferRequestedOutput(n, binary_data=binary) for n in ("output", "class_id")]
+        result = client.infer("tiny", [inp], outputs=outputs, request_id="r-1")
+        np.testing.assert_allclose(result.as_numpy("output"), expected, atol=1e-5)
+        np.testing.assert_array_equal(result.as_numpy("class_id"), expected.argmax(1))
+        assert result.get_response()["id"] == "r-1"
+        assert result.get_response()["model_version"] == "1"
+
+
+def test_tritonclient_classification_extension(server: LiveServer, raw_patches: np.ndarray) -> None:
+    th = require("tritonclient.http")
+    client = th.InferenceServerClient(server.hostport)
+    inp = th.InferInput("input", list(raw_patches.shape), "FP32")
+    inp.set_data_from_numpy(raw_patches.astype(np.float32))
+    result = client.infer("tiny", [inp], outputs=[th.InferRequestedOutput("output", class_count=2)])
+    top = result.as_numpy("output")
+    assert top.shape == (4, 2)
+    best = reference_proba(raw_patches).argmax(1)
+    for row, b in zip(top, best):
+        value, index, label = row[0].decode().split(":")
+        assert int(index) == b and label == CLASSES[b]
+
+
+def test_tritonclient_grpc_raw_contents(server: LiveServer, raw_patches: np.ndarray) -> None:
+    tg = require("tritonclient.grpc")
+    client = tg.InferenceServerClient(server.grpc)
+    assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("tiny")
+    assert client.get_server_metadata().name == "eodeploy"
+    meta = client.get_model_metadata("tiny")
+    assert [t.name for t in meta.outputs] == ["output", "class_id"]
+    inp = tg.InferInput("input", list(raw_patches.shape), "UINT16")
+    inp.set_data_from_numpy(raw_patches)
+    result = client.infer("tiny", [inp], model_version="1")
+    np.testing.assert_allclose(result.as_numpy("output"), reference_proba(raw_patches), atol=1e-5)
+    index = client.get_model_repository_index()
+    assert [(m.name, m.version, m.state) for m in index.models] == [("tiny", "1", "AVAILABLE")]
+
+
+@pytest.mark.parametrize(
+    "shape, datatype, code, words",
+    [
+        ([1, 12, 64, 64], "FP32", "INVALID_ARGUMENT", "12 bands"),
+        ([1, 13, 32, 32], "FP32", "INVALID_ARGUMENT", "does not match"),
+        ([1, 13, 64, 64], "INT64", "INVALID_ARGUMENT", "datatype"),
+    ],
+)
+def test_grpc_bad_input(server: LiveServer, shape: list[int], datatype: str, code: str, words: str) -> None:
+    tg = require("tritonclient.grpc")
+    from tritonclient.utils import InferenceServerException
+
+    client = tg.InferenceServerClient(server.grpc)
+    inp = tg.InferInput("input", shape, datatype)
+    inp.set_data_from_numpy(np.ones(shape, dtype=np.float32 if datatype == "FP32" else np.int64))
+    with pytest.raises(InferenceServerException) as err:
+        client.infer("tiny", [inp])
+    assert code in str(err.value.status()) and words in err.value.message()
+
+
+def test_grpc_unknown_model(server: LiveServer) -> None:
+    tg = require("tritonclient.grpc")
+    from tritonclient.utils import InferenceServerException
+
+    client = tg.InferenceServerClient(server.grpc)
+    inp = tg.InferInput("input", [1, 13, 64, 64], "FP32")
+    inp.set_data_from_numpy(np.ones((1, 13, 64, 64), np.float32))
+    with pytest.raises(InferenceServerException, match="not served"):
+        client.infer("nope", [inp])
+    assert client.is_model_ready("nope") is False
+
+
+def test_guides_tf_serving_client_snippet(server: LiveServer, raw_patches: np.ndarray) -> None:
+    """The guide's client, unchanged but for the URL: json.dumps + data=, signature_name, instances."""
+    test_images = raw_patches.transpose(0, 2, 3, 1)  # Keras users hold channels-last arrays
+    data = json.dumps({"signature_name": "serving_default", "instances": test_images.tolist()})
+    response = requests.post(f"{server.http}/v1/models/tiny:predict", data=data)
+    predictions = response.json()["predictions"]
+    np.testing.assert_allclose(predictions, reference_proba(raw_patches), atol=1e-5)
+
+
+def test_tf_serving_columnar_status_metadata(server: LiveServer, raw_patches: np.ndarray) -> None:
+    r = requests.post(
+        f"{server.http}/v1/models/tiny/versions/1:predict", json={"inputs": {"input": raw_patches.tolist()}}
+    )
+    assert r.status_code == 200
+    np.testing.assert_allclose(r.json()["outputs"], reference_proba(raw_patches), atol=1e-5)
+    status = requests.get(f"{server.http}/v1/models/tiny").json()
+    assert status == {
+        "model_version_status": [
+            {"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
+        ]
+    }
+    meta = requests.get(f"{server.http}/v1/models/tiny/metadata").json()
+    sig = meta["metadata"]["signature_def"]["signature_def"]["serving_default"]
+    assert [d["size"] for d in sig["inputs"]["input"]["tensor_shape"]["dim"]] == ["-1", "13", "64", "64"]
+    assert meta["eodeploy"]["classes"] == CLASSES
+
+
+def test_curl_upload_single_and_batch(server: LiveServer, raw_patches: np.ndarray, tmp_path: Path) -> None:
+    if shutil.which("curl") is None:
+        pytest.skip("curl not installed")
+    files = []
+    for i, patch in enumerate(raw_patches[:3]):
+        write_patch(tmp_path / f"p{i}.tif", patch)
+        files.append(tmp_path / f"p{i}.tif")
+    np.save(tmp_path / "p3.npy", raw_patches[3].transpose(1, 2, 0))  # channels-last .npy
+    out = subprocess.run(
+        ["curl", "-sS", "-F", f"image=@{files[0]}", f"{server.http}/predict?model=tiny"],
+        capture_output=True, check=True, text=True,
+    ).stdout  # fmt: skip
+    single = json.loads(out)
+    expected = reference_proba(raw_patches)
+    assert single["class"] == CLASSES[expected[0].argmax()]
+    assert single["confidence"] == pytest.approx(expected[0].max(), abs=1e-5)
+    args = [a for f in [*files, tmp_path / "p3.npy"] for a in ("-F", f"files=@{f}")]
+    batch = json.loads(
+        subprocess.run(
+            ["curl", "-sS", *args, f"{server.http}/predict?model=tiny&top_k=2"],
+            capture_output=True,
+            check=True,
+            text=True,
+        ).stdout  # fmt: skip
+    )
+    assert [p["class"] for p in batch["predictions"]] == [CLASSES[i] for i in expected.argmax(1)]
+    assert len(batch["predictions"][0]["top_k"]) == 2
+
+
+def _post(
+    server: LiveServer, path: str, body: bytes, headers: dict[str, str] | None = None
+) -> requests.Response:
+    return requests.post(server.http + path, data=body, headers=headers or {})
+
+
+def _binary_infer(
+    shape: list[int], datatype: str, payload: bytes, declared: int | None = None
+) -> tuple[bytes, dict[str, str]]:
+    header = json.dumps(
+        {"inputs": [{"name": "input", "shape": shape, "datatype": datatype,
+                     "parameters": {"binary_data_size": declared if declared is not None else len(payload)}}]}
+    ).encode()  # fmt: skip
+    return header + payload, {"Inference-Header-Content-Length": str(len(header))}
+
+
+def _nan_patch() -> tuple[bytes, dict[str, str]]:
+    x = np.full((1, 13, 64, 64), 1000, np.float32)
+    x[0, 3, 5, 5] = np.nan
+    return _binary_infer([1, 13, 64, 64], "FP32", x.tobytes())
+
+
+def _truncated() -> tuple[bytes, dict[str, str]]:
+    x = np.ones((1, 13, 64, 64), np.float32).tobytes()
+    return _binary_infer([1, 13, 64, 64], "FP32", x[:1000], declared=len(x))
+
+
+BAD_REQUESTS = {
+    "malformed json (OIP)": ("/v2/models/tiny/infer", lambda: (b'{"inputs": [', {}), 400, "not valid JSON"),
+    "malformed json (TF)": ("/v1/models/tiny:predict", lambda: (b"{instances", {}), 400, "not valid JSON"),
+    "wrong shape": (
+        "/v2/models/tiny/infer",
+        lambda: (
+            json.dumps(
+                {
+                    "inputs": [
+                        {"name": "input", "shape": [1, 13, 64, 64], "datatype": "FP32", "data": [1, 2, 3]}
+                    ]
+                }
+            ).encode(),
+            {},
+        ),
+        400,
+        "needs 53248",
+    ),
+    "wrong datatype": (
+        "/v2/models/tiny/infer",
+        lambda: (
+            json.dumps(
+                {"inputs": [{"name": "input", "shape": [1], "datatype": "STRING", "data": [1]}]}
+            ).encode(),
+            {},
+        ),
+        400,
+        "datatype",
+    ),
+    "wrong band count": (
+        "/v2/models/tiny/infer",
+        lambda: _binary_infer([1, 10, 64, 64], "FP32", np.ones((1, 10, 64, 64), np.float32).tobytes()),
+        400,
+        "10 bands",
+    ),
+    "nan values": ("/v2/models/tiny/infer", _nan_patch, 400, "NaN"),
+    "infinite values (TF)": (
+        "/v1/models/tiny:predict",
+        lambda: (json.dumps({"instances": [[[[1e39] * 64] * 64] * 13]}).encode(), {}),
+        400,
+        "infinite",
+    ),
+    "unknown model": ("/v2/models/nope/infer", lambda: (b'{"inputs": []}', {}), 404, "not served"),
+    "unknown version": (
+        "/v1/models/tiny/versions/7:predict",
+        lambda: (b'{"instances": []}', {}),
+        404,
+        "version 7",
+    ),
+    "unknown label": (
+        "/v1/models/tiny/labels/canary:predict",
+        lambda: (b'{"instances": []}', {}),
+        404,
+        "no label",
+    ),
+    "truncated binary": ("/v2/models/tiny/infer", _truncated, 400, "truncated"),
+    "bad header length": (
+        "/v2/models/tiny/infer",
+        lambda: (b"{}", {"Inference-Header-Content-Length": "999"}),
+        400,
+        "Inference-Header-Content-Length",
+    ),
+    "oversized body": ("/v2/models/tiny/infer", lambda: (b" " * (3 * 2**20), {}), 413, "exceeds the limit"),
+    "corrupt image": ("/predict?model=tiny", None, 400, "cannot be decoded"),
+    "not an image": ("/predict?model=tiny", None, 400, "not a GeoTIFF"),
+    "unknown signature": (
+        "/v1/models/tiny:predict",
+        lambda: (b'{"signature_name": "x", "instances": []}', {}),
+        400,
+        "signature",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_REQUESTS))
+def test_bad_input_answers_4xx_and_server_keeps_serving(
+    server: LiveServer, case: str, raw_patches: np.ndarray
+) -> None:
+    path, make, status, words = BAD_REQUESTS[case]
+    if make is None:
+        content = b"II*\x00" + b"\x00" * 50 if case == "corrupt image" else b"hello, not an image"
+        r = requests.post(server.http + path, files={"image": ("patch.tif", content)})
+    else:
+        body, headers = make()
+        r = _post(server, path, body, headers)
+    assert r.status_code == status, r.text
+    assert set(r.json()) == {"error"} and words in r.json()["error"]
+    ok = requests.post(f"{server.http}/v1/models/tiny:predict", json={"instances": raw_patches[:1].tolist()})
+    assert ok.status_code == 200
+
+
+def test_metrics_and_request_ids(server: LiveServer, raw_patches: np.ndarray) -> None:
+    r = requests.post(
+        f"{server.http}/v1/models/tiny:predict",
+        json={"instances": raw_patches.tolist()},
+        headers={"X-Request-ID": "abc-123"},
+    )
+    assert r.headers["x-request-id"] == "abc-123"
+    text = requests.get(f"{server.http}/metrics").text
+    for name in (
+        'eodeploy_inference_requests_total{model="tiny",outcome="success",protocol="tfserving",version="1"}',
+        "eodeploy_inference_queue_duration_seconds_bucket",
+        "eodeploy_inference_compute_duration_seconds_bucket",
+        "eodeploy_inference_batch_size_bucket",
+        'eodeploy_inference_pending_request_count{model="tiny",version="1"}',
+        'eodeploy_cache_misses_total{model="tiny"}',
+        'outcome="client_error"',
+    ):
+        assert name in text, name
+    assert "abc-123" in server.log.read_text()  # JSON access log carries the request id
+
+
+def test_openapi_has_no_server_errors(server: LiveServer, tmp_path: Path) -> None:
+    """schemathesis explores every documented endpoint (CLI, its own process); none may answer 5xx."""
+    require("schemathesis")
+    config = tmp_path / "schemathesis.toml"
+    config.write_text('[parameters]\n"path.name" = "tiny"\n"path.version" = "1"\n')
+    exe = Path(sys.executable).with_name("schemathesis")
+    run = subprocess.run(
+        [str(exe), "--config-file", str(config), "run", f"{server.http}/openapi.json",
+         "--checks", "not_a_server_error", "--max-examples", "15", "--seed", "1"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    tested = re.search(r"Tested: (\d+)", run.stdout)
+    passed = re.search(r"(\d+) generated, (\d+) passed", run.stdout)
+    assert tested and int(tested.group(1)) >= 20, run.stdout[-2000:]
+    assert passed and int(passed.group(2)) > 300, run.stdout[-2000:]
