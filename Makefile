@@ -30,7 +30,9 @@ lint: install-dev
 	$(BIN)/ruff format --check src tests benchmarks
 
 bench: install-dev
+	$(BIN)/pip install -q -e '.[bench]'
 	$(BIN)/python benchmarks/training.py --data $(DATA)
+	$(BIN)/python benchmarks/serving.py --data $(DATA)
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache

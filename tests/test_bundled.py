@@ -15,9 +15,9 @@ from eodeploy.runtime import Predictor
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def bundled():  # type: ignore[no-untyped-def]
-    return ModelRepository(ROOT / "models").get("eurosat-cnn")
+@pytest.fixture(scope="module", params=[1, 2], ids=["v1-tta", "v2"])
+def bundled(request):  # type: ignore[no-untyped-def]
+    return ModelRepository(ROOT / "models").get("eurosat-cnn", request.param)
 
 
 def test_bundled_package_is_valid(bundled) -> None:  # type: ignore[no-untyped-def]

@@ -95,6 +95,9 @@ def train(
     refit: Annotated[
         bool, typer.Option(help="After early stopping, retrain on train+val for the chosen epoch count.")
     ] = False,
+    tta: Annotated[
+        bool, typer.Option(help="Bake 8-view flip/rotation averaging into the model (8x inference cost).")
+    ] = True,
     repo: RepoOpt = None,
 ) -> None:
     """Train a CNN with PyTorch on CPU and write it as a new package version."""
@@ -104,7 +107,7 @@ def train(
 
     data_dir = data or settings().data_dir
     config = TrainConfig(
-        arch=arch, epochs=epochs, patience=patience, seed=seed, threads=threads or None, refit=refit
+        arch=arch, epochs=epochs, patience=patience, seed=seed, threads=threads or None, refit=refit, tta=tta
     )
     cv_result = None
     with progress() as bar:

@@ -182,7 +182,7 @@ class ModelRegistry:
             package,
             intra_op_threads=s.intra_op_threads or None,
             inter_op_threads=s.inter_op_threads or None,
-            session_config={"session.intra_op.allow_spinning": "0"},
+            session_config={"session.intra_op.allow_spinning": "1" if s.ort_spinning else "0"},
         )
         spec = predictor.spec
         # Warm up before reporting ready (Triton's model_warmup): one patch, then a full batch.

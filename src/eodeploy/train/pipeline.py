@@ -64,8 +64,10 @@ def fit_split(
         result.best_epoch, result.best_val_accuracy = chosen.best_epoch, chosen.best_val_accuracy
     from eodeploy.runtime.preprocess import preprocess
 
-    # Score what will be exported: probabilities averaged over the 8 flips/rotations.
-    proba = predict_probabilities(result.model, torch.from_numpy(preprocess(test.images, spec)))
+    # Score what will be exported (with TTA: probabilities averaged over the 8 flips/rotations).
+    proba = predict_probabilities(
+        result.model, torch.from_numpy(preprocess(test.images, spec)), tta=config.tta
+    )
     pred = proba.argmax(1).numpy()
     return spec, result, classification_report(test.labels, pred, data.class_names)
 
@@ -87,7 +89,7 @@ def train_package(
     spec, result, torch_report = fit_split(data, split, config, name, on_epoch)
     # Reference statistics describe the data the final weights were fitted on.
     train = data.subset(split.train + split.val if config.refit else split.train)
-    onnx_bytes = export_onnx(result.model, spec)
+    onnx_bytes = export_onnx(result.model, spec, tta=config.tta)
     props = {
         "mlm:total_parameters": int(sum(p.numel() for p in result.model.parameters())),
         "mlm:pretrained": False,
@@ -126,7 +128,9 @@ def train_package(
 
         test = data.subset(split.test)
         onnx_proba = Predictor(ModelPackage(folder)).predict_proba(test.images)
-        torch_proba = predict_probabilities(result.model, torch.from_numpy(preprocess(test.images, spec)))
+        torch_proba = predict_probabilities(
+            result.model, torch.from_numpy(preprocess(test.images, spec)), tta=config.tta
+        )
         diff = float(abs(onnx_proba - torch_proba.numpy()).max())
         if diff > 1e-4:
             raise PackageIntegrityError(
