@@ -317,7 +317,7 @@ def test_openapi_has_no_server_errors(server: LiveServer, tmp_path: Path) -> Non
     run = subprocess.run(
         [str(exe), "--config-file", str(config), "run", f"{server.http}/openapi.json",
          "--checks", "not_a_server_error", "--max-examples", "15", "--seed", "1"],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
     )  # fmt: skip
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
     tested = re.search(r"Tested: (\d+)", run.stdout)
