@@ -14,7 +14,7 @@ install: $(BIN)/python
 	$(BIN)/pip install -q -e .
 
 install-dev: $(BIN)/python
-	$(BIN)/pip install -q -e '.[train,keras,serve,dev]'
+	$(BIN)/pip install -q -e '.[train,keras,serve,openvino,litert,dev]'
 
 # Main job on embedded defaults: the bundled model evaluated on the held-out split of the shared EuroSAT data.
 run: install
@@ -32,6 +32,7 @@ lint: install-dev
 bench: install-dev
 	$(BIN)/pip install -q -e '.[bench]'
 	$(BIN)/python benchmarks/training.py --data $(DATA)
+	$(BIN)/python benchmarks/optimize.py --data $(DATA)
 	$(BIN)/python benchmarks/serving.py --data $(DATA)
 
 clean:

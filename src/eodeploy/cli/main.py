@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from eodeploy.cli import data_cmd, models_cmd, serve_cmd
+from eodeploy.cli import data_cmd, models_cmd, optimize_cmd, serve_cmd
 from eodeploy.cli._common import console, err_console, handle_errors, progress, settings
 
 app = typer.Typer(
@@ -20,6 +20,8 @@ app = typer.Typer(
 app.add_typer(models_cmd.app, name="models")
 app.add_typer(data_cmd.app, name="data")
 app.command("serve")(serve_cmd.serve)
+app.command("optimize")(optimize_cmd.optimize)
+app.command("benchmark")(optimize_cmd.benchmark)
 
 RepoOpt = Annotated[
     Path | None, typer.Option("--repo", help="Model repository (default: EODEPLOY_MODEL_REPO or ./models).")
@@ -222,24 +224,46 @@ def _ref(text: str | None) -> tuple[str, int] | None:
 @handle_errors
 def export(
     package: Annotated[str, typer.Argument(help="Package folder, or NAME[:VERSION] in the repository.")],
-    format: Annotated[str, typer.Option("--format", help="triton")] = "triton",
+    format: Annotated[str, typer.Option("--format", help="triton or tflite")] = "triton",
     out: Annotated[
-        Path, typer.Option(help="Output folder (a Triton model repository for --format triton).")
-    ] = Path("triton-models"),
+        Path | None,
+        typer.Option(
+            help="Triton: model repository folder (default triton-models). TFLite: also copy the file here."
+        ),
+    ] = None,
     max_batch_size: Annotated[int, typer.Option(help="Triton max_batch_size.")] = 64,
+    data: Annotated[
+        Path | None, typer.Option(help="TFLite: check LiteRT against ONNX Runtime on this data's test split.")
+    ] = None,
     repo: RepoOpt = None,
 ) -> None:
-    """Export a package to another serving system's layout."""
+    """Export a package: a Triton model repository entry, or model.tflite for LiteRT/edge devices."""
+    import shutil
+
+    from eodeploy.errors import EodeployError
     from eodeploy.package import open_package
     from eodeploy.package.export import export_triton
 
     pkg = open_package(package, _repo(repo))
-    if format != "triton":
-        from eodeploy.errors import EodeployError
+    if format == "triton":
+        folder = export_triton(pkg, out or Path("triton-models"), max_batch_size=max_batch_size)
+        console.print(f"wrote Triton model {folder}")
+        return
+    if format != "tflite":
+        raise EodeployError(f"unknown export format {format!r}; supported: triton, tflite")
+    from eodeploy.package.tflite import export_tflite
 
-        raise EodeployError(f"unknown export format {format!r}; supported: triton")
-    folder = export_triton(pkg, out, max_batch_size=max_batch_size)
-    console.print(f"wrote Triton model {folder}")
+    data_dir = data if data is not None else (settings().data_dir if settings().data_dir.is_dir() else None)
+    record = export_tflite(pkg, data_dir)
+    console.print(
+        f"wrote {pkg.path / record['file']} ({record['size'] / 1024:.0f} KiB); LiteRT agrees with ONNX Runtime "
+        f"on {record['agreement_with_onnx']:.1%} of {record['n']} patches ({record['checked_on']}), "
+        f"max |diff| {record['max_abs_diff']:.2g}"
+    )
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(pkg.path / record["file"], out / f"{pkg.name}-{pkg.version}.tflite")
+        console.print(f"copied to {out / f'{pkg.name}-{pkg.version}.tflite'}")
 
 
 @app.command()

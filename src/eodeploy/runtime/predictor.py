@@ -64,13 +64,22 @@ class Predictor:
         inter_op_threads: int | None = None,
         verify: bool = True,
         session_config: dict[str, str] | None = None,
+        backend: str = "onnxruntime",
     ) -> None:
         import onnxruntime as ort
 
+        from eodeploy.runtime.backends import TFLITE_FILE, LiteRtRunner, OpenVinoRunner, check_backend
+
         self.package = package if isinstance(package, ModelPackage) else ModelPackage(package)
+        self.backend = check_backend(backend)
         if verify:
             self.package.verify()
         self.spec = self.package.spec
+        self._runner: Any = None
+        if backend == "openvino":
+            self._runner = OpenVinoRunner(self.package.model_path, intra_op_threads)
+        elif backend == "litert":
+            self._runner = LiteRtRunner(self.package.path / TFLITE_FILE, intra_op_threads)
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if intra_op_threads:
@@ -93,6 +102,9 @@ class Predictor:
         first = inputs[0].shape[0]
         # Models converted from TFLite often take a fixed batch (usually 1).
         self.fixed_batch: int | None = first if isinstance(first, int) and first > 0 else None
+        if self._runner is not None:
+            self.fixed_batch = self._runner.fixed_batch
+            self.providers = self._runner.providers
 
     @property
     def thread_settings(self) -> dict[str, int]:
@@ -115,7 +127,10 @@ class Predictor:
                 )
             pad = np.zeros((self.fixed_batch - n, *tensor.shape[1:]), tensor.dtype)
             tensor = np.concatenate([tensor, pad])
-        out = self.session.run([self._output_name], {self._input_name: tensor})[0]
+        if self._runner is not None:
+            out = self._runner.run(tensor)
+        else:
+            out = self.session.run([self._output_name], {self._input_name: tensor})[0]
         out = np.asarray(out, dtype=np.float32).reshape(len(tensor), -1)[:n]
         return softmax(out) if self.spec.output_kind == "logits" else out
 
@@ -138,6 +153,7 @@ class Predictor:
         return {
             "name": self.package.name,
             "version": self.package.version,
-            "providers": self.session.get_providers(),
+            "backend": self.backend,
+            "providers": self.providers if self._runner is not None else self.session.get_providers(),
             **self.thread_settings,
         }

@@ -25,21 +25,30 @@ class CompactCNN(nn.Module):  # type: ignore[misc,name-defined]
     memorise them.
     """
 
-    def __init__(self, in_channels: int, n_classes: int, width: int = 32, dropout: float = 0.3):
+    def __init__(
+        self,
+        in_channels: int,
+        n_classes: int,
+        width: int = 32,
+        dropout: float = 0.3,
+        widths: list[int] | None = None,
+    ):
         super().__init__()
         w = width
+        # ``widths`` gives each conv block's channels (a structurally pruned network).
+        c = widths or [w, w, 2 * w, 2 * w, 4 * w]
         self.features = nn.Sequential(
-            _conv_bn(in_channels, w),
+            _conv_bn(in_channels, c[0]),
             nn.MaxPool2d(2),  # 32x32
-            _conv_bn(w, w),
+            _conv_bn(c[0], c[1]),
             nn.MaxPool2d(2),  # 16x16
-            _conv_bn(w, 2 * w),
-            _conv_bn(2 * w, 2 * w),
+            _conv_bn(c[1], c[2]),
+            _conv_bn(c[2], c[3]),
             nn.MaxPool2d(2),  # 8x8
-            _conv_bn(2 * w, 4 * w),
+            _conv_bn(c[3], c[4]),
         )
         self.head = nn.Sequential(
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(4 * w, n_classes)
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(c[4], n_classes)
         )
 
     def forward(self, x: Any) -> Any:

@@ -137,13 +137,29 @@ def train_package(
                 f"the ONNX export differs from the trained network by {diff:.2g}; nothing was written"
             )
 
-    pkg = repo.add(name, onnx_bytes, spec, props, files={"split.json": split.to_json().encode()}, check=check)
+    # The PyTorch weights travel with the package so it can be pruned and fine-tuned later.
+    props["eodeploy:weights"] = {"file": WEIGHTS_FILE, "arch": config.arch, "tta": config.tta}
+    files = {"split.json": split.to_json().encode(), WEIGHTS_FILE: state_dict_bytes(result.model)}
+    pkg = repo.add(name, onnx_bytes, spec, props, files=files, check=check)
     # Test metrics come from the published ONNX model through the one predictor path.
     test = data.subset(split.test)
     pred = Predictor(pkg).predict(test.images).class_ids
     report = classification_report(test.labels, pred, data.class_names)
     pkg.update_properties({"eodeploy:metrics": {"split": "test", **_summary(report)}})
     return pkg
+
+
+WEIGHTS_FILE = "weights.pt"
+
+
+def state_dict_bytes(model: Any) -> bytes:
+    import io
+
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    return buf.getvalue()
 
 
 def _summary(report: dict[str, Any]) -> dict[str, Any]:

@@ -79,8 +79,12 @@ def train_classifier(
     y_val: np.ndarray,
     config: TrainConfig,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    model: Any = None,
 ) -> TrainResult:
-    """Train on raw patches; inputs go through the package's own ``preprocess``."""
+    """Train on raw patches; inputs go through the package's own ``preprocess``.
+
+    ``model`` continues from an existing network (fine-tuning after pruning) instead of a new one.
+    """
     from eodeploy.train.models import build_model
 
     if config.threads:
@@ -94,7 +98,8 @@ def train_classifier(
     xv = torch.from_numpy(preprocess(x_val, spec))
     yv = torch.from_numpy(y_val.astype(np.int64))
 
-    model = build_model(config.arch, xt.shape[1], len(spec.classes))
+    if model is None:
+        model = build_model(config.arch, xt.shape[1], len(spec.classes))
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = max(1, int(np.ceil(len(xt) / config.batch_size)))
     sched = torch.optim.lr_scheduler.OneCycleLR(
