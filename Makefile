@@ -14,7 +14,7 @@ install: $(BIN)/python
 	$(BIN)/pip install -q -e .
 
 install-dev: $(BIN)/python
-	$(BIN)/pip install -q -e '.[train,keras,serve,openvino,litert,dev]'
+	$(BIN)/pip install -q -e '.[train,keras,serve,openvino,litert,dask,dev]'
 
 # Main job on embedded defaults: the bundled model evaluated on the held-out split of the shared EuroSAT data.
 run: install

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from eodeploy.cli import data_cmd, models_cmd, optimize_cmd, serve_cmd
+from eodeploy.cli import data_cmd, models_cmd, optimize_cmd, predict_cmd, serve_cmd
 from eodeploy.cli._common import console, err_console, handle_errors, progress, settings
 
 app = typer.Typer(
@@ -22,6 +22,7 @@ app.add_typer(data_cmd.app, name="data")
 app.command("serve")(serve_cmd.serve)
 app.command("optimize")(optimize_cmd.optimize)
 app.command("benchmark")(optimize_cmd.benchmark)
+app.command("predict")(predict_cmd.predict)
 
 RepoOpt = Annotated[
     Path | None, typer.Option("--repo", help="Model repository (default: EODEPLOY_MODEL_REPO or ./models).")

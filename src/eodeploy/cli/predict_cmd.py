@@ -1,0 +1,104 @@
+"""``eodeploy predict``: scenes to class maps."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from eodeploy.cli._common import console, err_console, handle_errors, settings
+
+
+@handle_errors
+def predict(
+    package: Annotated[str, typer.Argument(help="Package folder, or NAME[:VERSION] in the repository.")],
+    inputs: Annotated[
+        list[Path],
+        typer.Argument(help="GeoTIFF/COG, folder of band files, or STAC Item JSON (several: one run each)."),
+    ],
+    out: Annotated[Path, typer.Option(help="Output folder (one sub-folder per input when several).")] = Path(
+        "predictions"
+    ),
+    stride: Annotated[int | None, typer.Option(help="Window step in pixels (default: half a patch).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
+    polygons: Annotated[bool, typer.Option(help="Also write polygons.geojson.")] = True,
+    mmu: Annotated[float, typer.Option(help="Minimum mapping unit for polygons, hectares.")] = 0.5,
+    mask: Annotated[
+        Path | None, typer.Option(help="Cloud mask (>0 = cloud) or SCL raster (name containing 'SCL').")
+    ] = None,
+    bands: Annotated[
+        str | None, typer.Option(help="Band names of a multi-band file, e.g. B01,B02,...")
+    ] = None,
+    offset: Annotated[
+        float | None, typer.Option(help="Add to every band value (e.g. -1000 for baseline >= 04.00).")
+    ] = None,
+    scheduler: Annotated[
+        str | None, typer.Option(help="Dask scheduler address (tcp://HOST:PORT) for many inputs.")
+    ] = None,
+    workers: Annotated[
+        int, typer.Option(help="Local Dask workers when several inputs and no --scheduler.")
+    ] = 0,
+    repo: Annotated[Path | None, typer.Option("--repo", help="Model repository.")] = None,
+) -> None:
+    """Classify whole scenes: class-map and confidence COGs, polygons, per-class hectares, a STAC Item."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from eodeploy.geo import predict_scene
+    from eodeploy.package import open_package
+
+    pkg = open_package(package, repo if repo is not None else settings().model_repo)
+    options = {"stride": stride, "overwrite": overwrite, "polygons": polygons, "mmu_ha": mmu, "mask": mask,
+               "band_names": bands.split(",") if bands else None, "offset": offset}  # fmt: skip
+    if len(inputs) > 1 and (scheduler or workers):
+        from eodeploy.geo.distributed import predict_scenes
+
+        results = predict_scenes(pkg.path, list(inputs), out, scheduler=scheduler, n_workers=workers or 2,
+                                 on_done=lambda s: err_console.print(f"done {s}"), **options)  # fmt: skip
+        for src, stats in results.items():
+            _report(src, stats)
+        return
+    for src in inputs:
+        target = out / src.stem if len(inputs) > 1 else out
+        with Progress(
+            TextColumn(f"[bold]{src.name}"), BarColumn(), TextColumn("{task.fields[km2]:.1f} km²"),
+            TextColumn("{task.fields[rate]:.2f} km²/s"), TimeElapsedColumn(), TimeRemainingColumn(), console=err_console,
+        ) as bar:  # fmt: skip
+            task = bar.add_task("scene", total=1.0, km2=0.0, rate=0.0)
+            state: dict[str, float] = {}
+
+            def progress(rows: int, height: int, task: int = task, state: dict[str, float] = state) -> None:
+                import time
+
+                state.setdefault("t0", time.perf_counter())
+                done = state.get("km2_total", 0.0) * rows / height
+                dt = max(time.perf_counter() - state["t0"], 1e-6)
+                bar.update(task, completed=rows / height, km2=done, rate=done / dt)
+
+            from eodeploy.geo.sources import open_scene
+
+            sc = open_scene(src, pkg.spec.bands, band_names=options["band_names"], mask=mask, offset=offset)  # type: ignore[arg-type]
+            state["km2_total"] = abs(sc.transform.a * sc.transform.e) * sc.width * sc.height / 1e6
+            sc.close()
+            stats = predict_scene(pkg, src, target, on_progress=progress, **options)  # type: ignore[arg-type]
+        _report(str(src), stats, target)
+
+
+def _report(src: str, stats: dict, target: Path | None = None) -> None:  # type: ignore[type-arg]
+    table = Table(title=f"{src} → {target or ''}  ({stats['model']['name']} v{stats['model']['version']})")
+    table.add_column("class")
+    table.add_column("hectares", justify="right")
+    table.add_column("share", justify="right")
+    total = stats["total_ha"] or 1
+    for name, ha in sorted(stats["areas_ha"].items(), key=lambda kv: -kv[1]):
+        if ha:
+            table.add_row(name, f"{ha:,.1f}", f"{ha / total:.1%}")
+    for label, key in (("nodata", "nodata_ha"), ("cloud", "cloud_ha")):
+        if stats[key]:
+            table.add_row(f"[dim]{label}", f"{stats[key]:,.1f}", f"{stats[key] / total:.1%}")
+    console.print(table)
+    console.print(f"{stats['windows']} windows in {stats['seconds']:.1f} s; outputs: classes.tif, confidence.tif, "
+                  f"polygons.geojson, stats.json, item.json, preview.png")  # fmt: skip
+    _ = json  # stats are also in stats.json

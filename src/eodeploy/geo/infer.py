@@ -1,0 +1,181 @@
+"""Whole scenes through a patch classifier: a streaming read -> infer -> write pipeline.
+
+Strips of one patch height are read on a reader thread, their windows inferred as one batch on
+the calling thread, and finished rows written on a writer thread; bounded queues between them keep
+memory flat whatever the scene size. Each window's class probabilities are spread over its
+footprint with a taper (``blend_weights``) and overlapping windows are blended by those weights.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from eodeploy.errors import DataError
+from eodeploy.geo.area import PixelArea
+from eodeploy.geo.sources import Scene
+from eodeploy.geo.tiling import blend_weights, offsets
+from eodeploy.runtime.predictor import Predictor
+
+NODATA = 255  # class-map value of pixels never classified (nodata, cloud)
+_DONE = object()
+
+
+@dataclass
+class RunStats:
+    windows: int = 0
+    windows_skipped: int = 0
+    class_m2: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    nodata_m2: float = 0.0
+    cloud_m2: float = 0.0
+    seconds: float = 0.0
+    infer_seconds: float = 0.0
+
+
+class _Sink:
+    """Receives finished rows: class ids (uint8), confidence (uint8 %), masks."""
+
+    def write(self, row0: int, classes: np.ndarray, confidence: np.ndarray) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+
+def _fill_value(predictor: Predictor) -> np.ndarray:
+    """Raw values that preprocess to 0 (the training mean): what masked pixels are replaced with."""
+    n = len(predictor.spec.bands)
+    fill = np.zeros(n, np.float32)
+    steps = predictor.spec.value_scaling
+    steps = steps * n if len(steps) == 1 else steps
+    for i, s in enumerate(steps):
+        if s.get("type") == "z-score":
+            fill[i] = s["mean"]
+    return fill
+
+
+def classify_scene(
+    predictor: Predictor,
+    scene: Scene,
+    sink: _Sink,
+    stride: int,
+    on_progress: Callable[[float], None] | None = None,
+    batch_size: int = 256,
+) -> RunStats:
+    spec = predictor.spec
+    p = spec.height
+    if scene.height < p or scene.width < p:
+        raise DataError(
+            f"the scene is {scene.width}x{scene.height} px, smaller than one {p}x{p} patch of the model; "
+            "give a larger scene"
+        )
+    if not 1 <= stride <= p:
+        raise DataError(f"stride {stride} must be between 1 and the patch size {p}")
+    k = len(spec.classes)
+    ys, xs = offsets(scene.height, p, stride), offsets(scene.width, p, stride)
+    weight = blend_weights(p)
+    fill = _fill_value(predictor)[:, None, None]
+    width = scene.width
+    area = PixelArea(scene.crs, scene.transform)
+    stats = RunStats(class_m2=np.zeros(k))
+    t0 = time.perf_counter()
+
+    strips: queue.Queue[Any] = queue.Queue(maxsize=2)
+    rows_out: queue.Queue[Any] = queue.Queue(maxsize=2)
+    errors: list[BaseException] = []
+
+    def reader() -> None:
+        try:
+            for y in ys:
+                strips.put((y, *scene.read(y, 0, p, width)))
+        except BaseException as exc:  # surfaced on the calling thread
+            errors.append(exc)
+        finally:
+            strips.put(_DONE)
+
+    def writer() -> None:
+        try:
+            while (item := rows_out.get()) is not _DONE:
+                row0, classes, conf, nodata, cloud = item
+                sink.write(row0, classes, conf)
+                pix = area.of_block(row0, classes.shape[0], width)
+                counted = classes != NODATA
+                stats.class_m2 += np.bincount(classes[counted], weights=pix[counted], minlength=k)[:k]
+                stats.nodata_m2 += float(pix[nodata].sum())
+                stats.cloud_m2 += float(pix[cloud].sum())
+        except BaseException as exc:
+            errors.append(exc)
+            while rows_out.get() is not _DONE:  # keep draining so the producer never blocks
+                pass
+
+    threads = [threading.Thread(target=reader, daemon=True), threading.Thread(target=writer, daemon=True)]
+    for t in threads:
+        t.start()
+
+    acc = np.zeros((k, p, width), np.float32)
+    wsum = np.zeros((p, width), np.float32)
+    nod = np.zeros((p, width), bool)
+    cld = np.zeros((p, width), bool)
+    base = 0
+
+    def flush(upto: int) -> None:
+        """Rows base .. upto are final: turn them into classes and hand them to the writer."""
+        nonlocal acc, wsum, nod, cld, base
+        n = upto - base
+        if n <= 0:
+            return
+        covered = wsum[:n] > 0
+        with np.errstate(invalid="ignore", divide="ignore"):
+            proba = acc[:, :n] / np.where(covered, wsum[:n], 1)
+        classes = proba.argmax(axis=0).astype(np.uint8)
+        conf = np.round(proba.max(axis=0) * 100).astype(np.uint8)
+        invalid = nod[:n] | cld[:n] | ~covered
+        classes[invalid] = NODATA
+        conf[invalid] = NODATA
+        rows_out.put((base, classes, conf, nod[:n].copy(), cld[:n].copy()))
+        for buf in (acc, wsum, nod, cld):
+            buf[..., :-n, :] = buf[..., n:, :]
+            buf[..., -n:, :] = 0
+        base = upto
+
+    try:
+        while (item := strips.get()) is not _DONE:
+            y, raw, nodata, cloud = item
+            flush(y)
+            off = y - base
+            nod[off : off + p] |= nodata
+            cld[off : off + p] |= cloud
+            invalid = nodata | cloud
+            windows, places = [], []
+            for x in xs:
+                bad = invalid[:, x : x + p]
+                if bad.all():
+                    stats.windows_skipped += 1
+                    continue
+                w = raw[:, :, x : x + p]
+                if bad.any():
+                    w = np.where(bad[None], fill, w)
+                windows.append(w)
+                places.append(x)
+            if windows:
+                ti = time.perf_counter()
+                proba = predictor.predict_proba(np.stack(windows), batch_size=batch_size)
+                stats.infer_seconds += time.perf_counter() - ti
+                stats.windows += len(windows)
+                for x, pr in zip(places, proba):
+                    acc[:, off : off + p, x : x + p] += pr[:, None, None] * weight[None]
+                    wsum[off : off + p, x : x + p] += weight
+            if on_progress:
+                on_progress(y + p)
+        flush(base + p if ys else 0)
+    finally:
+        rows_out.put(_DONE)
+        for t in threads:
+            t.join()
+    if errors:
+        raise errors[0]
+    stats.seconds = time.perf_counter() - t0
+    return stats

@@ -1,0 +1,190 @@
+"""Writers: the class map and confidence as Cloud-Optimised GeoTIFFs, polygons as GeoJSON,
+statistics as JSON, and a STAC Item tying them to the input and the model package."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from eodeploy.geo.infer import NODATA, _Sink
+from eodeploy.geo.sources import Scene
+from eodeploy.package.spec import ModelSpec
+
+CLASSES_TIF, CONFIDENCE_TIF = "classes.tif", "confidence.tif"
+
+
+def _rgb(color: str) -> tuple[int, int, int, int]:
+    c = color.lstrip("#")
+    return int(c[0:2], 16), int(c[2:4], 16), int(c[4:6], 16), 255
+
+
+class GeoTiffSink(_Sink):
+    """Tiled, compressed working GeoTIFFs written row block by row block (never the whole map)."""
+
+    def __init__(self, folder: Path, scene: Scene, spec: ModelSpec) -> None:
+        import rasterio
+
+        profile = {
+            "driver": "GTiff", "width": scene.width, "height": scene.height, "count": 1, "dtype": "uint8",
+            "crs": scene.crs, "transform": scene.transform, "nodata": NODATA, "tiled": True,
+            "blockxsize": 512, "blockysize": 512, "compress": "deflate", "BIGTIFF": "IF_SAFER",
+        }  # fmt: skip
+        self.paths = {
+            "classes": folder / ("work-" + CLASSES_TIF),
+            "confidence": folder / ("work-" + CONFIDENCE_TIF),
+        }
+        self.classes = rasterio.open(self.paths["classes"], "w", **profile)
+        self.confidence = rasterio.open(self.paths["confidence"], "w", **profile)
+        self.classes.write_colormap(
+            1, {c.value: _rgb(c.color) for c in spec.classes} | {NODATA: (0, 0, 0, 0)}
+        )
+        self.classes.update_tags(1, CLASS_NAMES=json.dumps({c.value: c.name for c in spec.classes}))
+        self.classes.set_band_description(1, "class")
+        self.confidence.set_band_description(1, "confidence (%)")
+        self.width = scene.width
+
+    def write(self, row0: int, classes: np.ndarray, confidence: np.ndarray) -> None:
+        from rasterio.windows import Window
+
+        win = Window(0, row0, self.width, classes.shape[0])
+        self.classes.write(classes, 1, window=win)
+        self.confidence.write(confidence, 1, window=win)
+
+    def close(self) -> None:
+        self.classes.close()
+        self.confidence.close()
+
+
+def to_cog(src: Path, dst: Path, resampling: str) -> None:
+    """GDAL's COG driver: internal 512 px tiles, overviews, DEFLATE; colour table and tags kept."""
+    import rasterio.shutil
+
+    rasterio.shutil.copy(
+        src, dst, driver="COG", COMPRESS="DEFLATE", BLOCKSIZE="512", OVERVIEW_RESAMPLING=resampling,
+        BIGTIFF="IF_SAFER", NUM_THREADS="2",
+    )  # fmt: skip
+
+
+def write_polygons(classes_tif: Path, out: Path, spec: ModelSpec, mmu_ha: float) -> int:
+    """Class regions as GeoJSON (EPSG:4326), regions below the minimum mapping unit sieved away,
+    outlines simplified to one pixel; each feature carries its class and geodesic area."""
+    import rasterio
+    from pyproj import Geod
+    from rasterio.features import shapes, sieve
+    from rasterio.warp import transform_geom
+    from shapely.geometry import mapping, shape
+
+    geod = Geod(ellps="WGS84")
+    names = {c.value: c.name for c in spec.classes}
+    with rasterio.open(classes_tif) as src:
+        data = src.read(1)
+        pixel_m2 = abs(src.transform.a * src.transform.e)
+        crs, transform = src.crs, src.transform
+        res = abs(src.transform.a)
+    if crs.is_geographic:  # degrees: convert the unit to pixels with the scene-centre pixel area
+        from eodeploy.geo.area import PixelArea
+
+        pixel_m2 = PixelArea(crs, transform).of_block(data.shape[0] // 2, 1, 1)[0, 0]
+    min_px = max(1, int(round(mmu_ha * 10_000 / pixel_m2)))
+    valid = data != NODATA
+    sieved = sieve(data, size=min_px, mask=valid) if min_px > 1 else data
+    features = []
+    for geom, value in shapes(sieved, mask=valid & (sieved != NODATA), transform=transform):
+        poly = shape(geom).simplify(res, preserve_topology=True)
+        if poly.is_empty:
+            continue
+        g = transform_geom(crs, "EPSG:4326", mapping(poly))
+        area, _ = geod.geometry_area_perimeter(shape(g))
+        features.append(
+            {"type": "Feature", "geometry": g,
+             "properties": {"class_id": int(value), "class": names.get(int(value), str(value)), "area_ha": round(abs(area) / 1e4, 4)}}
+        )  # fmt: skip
+    out.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    return len(features)
+
+
+def footprint(scene: Scene) -> dict[str, Any]:
+    from rasterio.warp import transform_geom
+
+    t, w, h = scene.transform, scene.width, scene.height
+    ring = [t * (0, 0), t * (w, 0), t * (w, h), t * (0, h), t * (0, 0)]
+    return transform_geom(scene.crs, "EPSG:4326", {"type": "Polygon", "coordinates": [ring]})  # type: ignore[no-any-return]
+
+
+def write_stac_item(
+    folder: Path, scene: Scene, stats: dict[str, Any], spec: ModelSpec, package_item: Path, polygons: bool
+) -> None:
+    import datetime as dt
+
+    geom = footprint(scene)
+    xs = [p[0] for p in geom["coordinates"][0]]
+    ys = [p[1] for p in geom["coordinates"][0]]
+    when = scene.provenance.get("datetime") or dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    classes = [{"value": c.value, "name": c.name, "color_hint": c.color.lstrip("#")} for c in spec.classes]
+    assets = {
+        "classes": {"href": f"./{CLASSES_TIF}", "type": "image/tiff; application=geotiff; profile=cloud-optimized",
+                    "roles": ["data"], "classification:classes": classes, "raster:bands": [{"nodata": NODATA, "data_type": "uint8"}]},
+        "confidence": {"href": f"./{CONFIDENCE_TIF}", "type": "image/tiff; application=geotiff; profile=cloud-optimized",
+                       "roles": ["data"], "raster:bands": [{"nodata": NODATA, "data_type": "uint8", "unit": "percent"}]},
+        "stats": {"href": "./stats.json", "type": "application/json", "roles": ["metadata"]},
+    }  # fmt: skip
+    if polygons:
+        assets["polygons"] = {"href": "./polygons.geojson", "type": "application/geo+json", "roles": ["data"]}
+    links = [
+        {"rel": "derived_from", "href": str(Path(p).resolve()), "title": "input"}
+        for p in scene.provenance.get("inputs", [])
+    ]
+    links.append(
+        {"rel": "derived_from", "href": str(package_item.resolve()), "title": "model package (STAC MLM)"}
+    )
+    item = {
+        "type": "Feature", "stac_version": "1.1.0",
+        "stac_extensions": ["https://stac-extensions.github.io/classification/v2.0.0/schema.json",
+                            "https://stac-extensions.github.io/projection/v2.0.0/schema.json"],
+        "id": f"{stats['model']['name']}-v{stats['model']['version']}-{folder.name}",
+        "geometry": geom, "bbox": [min(xs), min(ys), max(xs), max(ys)],
+        "properties": {"datetime": when, "proj:code": str(scene.crs), "proj:shape": [scene.height, scene.width],
+                       "proj:transform": list(scene.transform)[:6], "eodeploy:areas_ha": stats["areas_ha"]},
+        "assets": assets, "links": links,
+    }  # fmt: skip
+    (folder / "item.json").write_text(json.dumps(item, indent=2))
+
+
+def write_preview(classes_tif: Path, out: Path, spec: ModelSpec, title: str, max_px: int = 1024) -> None:
+    """A quick-look map (PNG) with a legend of the classes present, read from the COG at a
+    reduced resolution so it costs little even for a full tile."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import rasterio
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+    from rasterio.enums import Resampling
+
+    with rasterio.open(classes_tif) as src:
+        scale = max(1, int(np.ceil(max(src.width, src.height) / max_px)))
+        data = src.read(
+            1, out_shape=(src.height // scale or 1, src.width // scale or 1), resampling=Resampling.nearest
+        )
+        b = src.bounds
+    colors = ["#000000"] * 256
+    for c in spec.classes:
+        colors[c.value] = c.color
+    colors[NODATA] = "#ffffff"
+    fig, ax = plt.subplots(figsize=(8, 8 * data.shape[0] / max(data.shape[1], 1) + 0.5))
+    ax.imshow(data, cmap=ListedColormap(colors), vmin=0, vmax=255, interpolation="nearest",
+              extent=(b.left, b.right, b.bottom, b.top))  # fmt: skip
+    present = set(np.unique(data).tolist())
+    handles = [Patch(color=c.color, label=c.name) for c in spec.classes if c.value in present]
+    if NODATA in present:
+        handles.append(Patch(facecolor="#ffffff", edgecolor="#999999", label="nodata / cloud"))
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
+    ax.set_title(title, fontsize=10)
+    ax.ticklabel_format(useOffset=False, style="plain")
+    ax.tick_params(labelsize=7)
+    fig.savefig(out, dpi=100, bbox_inches="tight")
+    plt.close(fig)

@@ -1,0 +1,131 @@
+"""``predict_scene``: one scene in, a folder of georeferenced outputs out (atomically)."""
+
+from __future__ import annotations
+
+import errno
+import json
+import shutil
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from eodeploy.errors import DataError
+from eodeploy.geo.infer import classify_scene
+from eodeploy.geo.outputs import (
+    CLASSES_TIF,
+    CONFIDENCE_TIF,
+    GeoTiffSink,
+    to_cog,
+    write_polygons,
+    write_preview,
+    write_stac_item,
+)
+from eodeploy.geo.sources import open_scene
+from eodeploy.geo.tiling import default_stride
+from eodeploy.package.repository import ModelPackage
+from eodeploy.runtime.predictor import Predictor
+
+
+class OutputExistsError(DataError):
+    """The output folder exists and --overwrite was not given."""
+
+
+def predict_scene(
+    package: ModelPackage | Predictor,
+    source: str | Path | list[str | Path],
+    out: str | Path,
+    *,
+    stride: int | None = None,
+    overwrite: bool = False,
+    polygons: bool = True,
+    mmu_ha: float = 0.5,
+    mask: str | Path | None = None,
+    band_names: list[str] | None = None,
+    offset: float | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+    intra_op_threads: int | None = None,
+) -> dict[str, Any]:
+    """Classify ``source`` and write classes/confidence COGs, polygons, stats.json and item.json
+    to ``out``. Outputs are built in a hidden sibling folder and renamed into place at the end,
+    so an interrupted or failed run never leaves a folder that looks complete."""
+    predictor = (
+        package if isinstance(package, Predictor) else Predictor(package, intra_op_threads=intra_op_threads)
+    )
+    spec = predictor.spec
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise OutputExistsError(f"output folder {out} exists; choose another --out or pass --overwrite")
+    scene = open_scene(source, spec.bands, band_names=band_names, mask=mask, offset=offset)
+    stride = stride or default_stride(spec.height)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
+    work.mkdir()
+    t0 = time.perf_counter()
+    try:
+        sink = GeoTiffSink(work, scene, spec)
+        try:
+            run = classify_scene(
+                predictor, scene, sink, stride,
+                on_progress=(lambda rows: on_progress(rows, scene.height)) if on_progress else None,
+            )  # fmt: skip
+        finally:
+            sink.close()
+            scene.close()
+        if run.windows == 0:
+            raise DataError(f"{source}: every pixel is nodata or cloud; nothing to classify")
+        to_cog(sink.paths["classes"], work / CLASSES_TIF, "NEAREST")
+        to_cog(sink.paths["confidence"], work / CONFIDENCE_TIF, "AVERAGE")
+        for p in sink.paths.values():
+            p.unlink()
+        n_polygons = (
+            write_polygons(work / CLASSES_TIF, work / "polygons.geojson", spec, mmu_ha) if polygons else None
+        )
+        total = float(run.class_m2.sum() + run.nodata_m2 + run.cloud_m2)
+        stats = {
+            "model": {
+                "name": predictor.package.name,
+                "version": predictor.package.version,
+                "backend": predictor.backend,
+            },
+            "input": scene.provenance,
+            "crs": str(scene.crs),
+            "size_px": [scene.width, scene.height],
+            "pixel_size": [abs(scene.transform.a), abs(scene.transform.e)],
+            "patch": spec.height,
+            "stride": stride,
+            "windows": run.windows,
+            "windows_skipped": run.windows_skipped,
+            "areas_ha": {c.name: round(float(a) / 1e4, 4) for c, a in zip(spec.classes, run.class_m2)},
+            "nodata_ha": round(run.nodata_m2 / 1e4, 4),
+            "cloud_ha": round(run.cloud_m2 / 1e4, 4),
+            "total_ha": round(total / 1e4, 4),
+            "classified_share": round(float(run.class_m2.sum()) / total, 4) if total else 0.0,
+            "area_method": "geodesic pixel areas on WGS84 (pyproj.Geod), per 64x64-pixel cell",
+            "polygons": n_polygons,
+            "min_mapping_unit_ha": mmu_ha if polygons else None,
+            "seconds": round(time.perf_counter() - t0, 2),
+            "inference_seconds": round(run.infer_seconds, 2),
+        }
+        (work / "stats.json").write_text(json.dumps(stats, indent=2))
+        name = Path(source[0] if isinstance(source, list) else source).name
+        write_preview(work / CLASSES_TIF, work / "preview.png", spec,
+                      f"{name} — {predictor.package.name} v{predictor.package.version}")  # fmt: skip
+        write_stac_item(work, scene, stats, spec, predictor.package.path / "item.json", polygons)
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+            out.rename(old)
+            work.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            work.rename(out)
+        return stats
+    except OSError as exc:
+        shutil.rmtree(work, ignore_errors=True)
+        if exc.errno == errno.ENOSPC:
+            raise DataError(f"disk full while writing {out}; free space or choose another --out") from exc
+        raise
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise

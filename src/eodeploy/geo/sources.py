@@ -1,0 +1,276 @@
+"""Scene inputs: a multi-band GeoTIFF/COG, one file per band (mixed 10/20/60 m), or a STAC Item.
+
+Whatever the input, a ``Scene`` reads windows of the model's bands, by name and in the model's
+order, on one 10 m-style reference grid, with a mask of valid pixels.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from eodeploy.errors import DataError
+
+#: STAC/Earth Search common names and asset keys -> Sentinel-2 band ids.
+COMMON_NAMES = {
+    "coastal": "B01", "blue": "B02", "green": "B03", "red": "B04", "rededge1": "B05", "rededge2": "B06",
+    "rededge3": "B07", "nir": "B08", "nir08": "B8A", "nir09": "B09", "cirrus": "B10", "swir16": "B11",
+    "swir22": "B12",
+}  # fmt: skip
+_BAND = re.compile(r"(?:^|[^A-Za-z0-9])B(\d{1,2}|8A)(?:[^A-Za-z0-9]|$)", re.I)
+#: Scene classification (SCL) values that are not clear ground: no data, saturated, cloud shadow,
+#: cloud medium/high probability, thin cirrus.
+SCL_INVALID = (0, 1, 3, 8, 9, 10)
+
+
+def normalize_band(name: str) -> str | None:
+    """'B1', 'b01', 'B8a', 'nir08', 'S2_B02_10m' -> 'B01', 'B01', 'B8A', 'B8A', 'B02'."""
+    n = name.strip()
+    if n.lower() in COMMON_NAMES:
+        return COMMON_NAMES[n.lower()]
+    m = _BAND.search(f"_{n}_")
+    if not m:
+        return None
+    v = m.group(1).upper()
+    return "B8A" if v == "8A" else f"B{int(v):02d}"
+
+
+@dataclass
+class BandRef:
+    path: str
+    index: int  # 1-based band index in the file
+    offset: float = 0.0  # added to the stored values (Sentinel-2 baseline >= 04.00: -1000)
+
+
+@dataclass
+class Scene:
+    """Windows of the model's bands on one grid; ``valid`` marks pixels to classify."""
+
+    bands: dict[str, BandRef]
+    order: list[str]
+    crs: Any
+    transform: Any
+    width: int
+    height: int
+    mask_path: str | None = None
+    mask_is_scl: bool = False
+    provenance: dict[str, Any] = field(default_factory=dict)
+    _open: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def _dataset(self, path: str) -> Any:
+        import rasterio
+        from rasterio.enums import Resampling
+        from rasterio.vrt import WarpedVRT
+
+        if path not in self._open:
+            src = rasterio.open(path)
+            if (src.crs, src.transform, src.width, src.height) == (
+                self.crs,
+                self.transform,
+                self.width,
+                self.height,
+            ):
+                self._open[path] = src
+            else:  # a 20/60 m band or the cloud mask: resampled onto the reference grid
+                nearest = path == self.mask_path
+                self._open[path] = WarpedVRT(
+                    src, crs=self.crs, transform=self.transform, width=self.width, height=self.height,
+                    resampling=Resampling.nearest if nearest else Resampling.bilinear,
+                )  # fmt: skip
+        return self._open[path]
+
+    def read(self, row: int, col: int, height: int, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(bands, h, w) float32 raw values in model order, ``nodata`` mask and ``cloud`` mask."""
+        from rasterio.windows import Window
+
+        win = Window(col, row, width, height)
+        out = np.empty((len(self.order), height, width), np.float32)
+        nodata = np.zeros((height, width), bool)
+        for i, name in enumerate(self.order):
+            ref = self.bands[name]
+            ds = self._dataset(ref.path)
+            band = ds.read(ref.index, window=win).astype(np.float32)
+            nd = ds.nodatavals[ref.index - 1]
+            if nd is not None and not np.isnan(nd):
+                nodata |= band == nd
+            nodata |= ~np.isfinite(band)
+            if ref.offset:
+                band += ref.offset
+                np.maximum(band, 0, out=band)
+            out[i] = band
+        cloud = np.zeros((height, width), bool)
+        if self.mask_path:
+            m = self._dataset(self.mask_path).read(1, window=win)
+            cloud = np.isin(m, SCL_INVALID) if self.mask_is_scl else m > 0
+            cloud &= ~nodata
+        return out, nodata, cloud
+
+    def close(self) -> None:
+        for ds in self._open.values():
+            ds.close()
+        self._open.clear()
+
+
+def _open_checked(path: str | Path) -> Any:
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            return rasterio.open(path)
+    except RasterioIOError as exc:
+        raise DataError(
+            f"{path}: cannot be read as a raster ({exc}); check the file is a complete GeoTIFF/COG"
+        ) from exc
+
+
+def _baseline_offset(tags: dict[str, str], default: float) -> float:
+    for key in ("BOA_ADD_OFFSET", "RADIO_ADD_OFFSET"):
+        if key in tags:
+            return float(tags[key])
+    pb = tags.get("PROCESSING_BASELINE") or tags.get("s2:processing_baseline")
+    if pb:
+        try:
+            return -1000.0 if float(pb) >= 4.0 else 0.0
+        except ValueError:
+            pass
+    return default
+
+
+def open_scene(
+    source: str | Path | list[str | Path],
+    model_bands: list[str],
+    band_names: list[str] | None = None,
+    mask: str | Path | None = None,
+    mask_is_scl: bool | None = None,
+    offset: float | None = None,
+) -> Scene:
+    """Open a GeoTIFF, a folder or list of band files, or a STAC Item JSON as a ``Scene``."""
+    refs: dict[str, BandRef] = {}
+    prov: dict[str, Any] = {}
+    paths: list[Path]
+    if mask is not None and mask_is_scl is None:  # a scene classification layer, or a 0/1 cloud mask
+        mask_is_scl = "scl" in Path(mask).name.lower()
+    if isinstance(source, list):
+        paths = [Path(p) for p in source]
+    else:
+        src = Path(source)
+        if not src.exists():
+            raise DataError(f"{src}: no such file or folder")
+        if src.suffix.lower() == ".json":
+            return _open_stac(src, model_bands, mask, mask_is_scl, offset)
+        paths = (
+            sorted(p for p in src.iterdir() if p.suffix.lower() in (".tif", ".tiff", ".jp2"))
+            if src.is_dir()
+            else [src]
+        )
+    if not paths:
+        raise DataError(f"{source}: holds no GeoTIFF/JP2 band files")
+    if len(paths) == 1 and _open_checked(paths[0]).count > 1:
+        refs, prov = _multiband(paths[0], model_bands, band_names, offset)
+    else:
+        for p in paths:
+            stem = normalize_band(p.stem)
+            if stem is None:
+                if re.search(r"scl|cloud|mask", p.stem, re.I) and mask is None:
+                    mask, mask_is_scl = p, bool(re.search("scl", p.stem, re.I))
+                continue
+            with _open_checked(p) as ds:
+                refs[stem] = BandRef(
+                    str(p), 1, offset if offset is not None else _baseline_offset(ds.tags(), 0.0)
+                )
+        prov = {"inputs": [str(p) for p in paths], "layout": "one file per band"}
+    return _build(refs, model_bands, prov, mask, mask_is_scl)
+
+
+def _multiband(
+    path: Path, model_bands: list[str], band_names: list[str] | None, offset: float | None
+) -> tuple[dict[str, BandRef], dict[str, Any]]:
+    with _open_checked(path) as ds:
+        names = band_names or [normalize_band(d) if d else None for d in ds.descriptions]
+        how = "given" if band_names else "band descriptions"
+        if band_names and len(band_names) != ds.count:
+            raise DataError(f"{path}: {len(band_names)} band names given for {ds.count} bands")
+        if not any(names):
+            if ds.count != len(model_bands):
+                raise DataError(
+                    f"{path} has {ds.count} unnamed bands and the model needs {len(model_bands)} "
+                    f"({', '.join(model_bands)}); name them with --bands B01,B02,..."
+                )
+            names, how = list(model_bands), "assumed to be the model's order (the file names no bands)"
+        off = offset if offset is not None else _baseline_offset(ds.tags(), 0.0)
+    refs = {n: BandRef(str(path), i + 1, off) for i, n in enumerate(names) if n}
+    return refs, {"inputs": [str(path)], "layout": "multi-band file", "band_names": how}
+
+
+def _open_stac(
+    item_path: Path, model_bands: list[str], mask: Any, mask_is_scl: bool | None, offset: float | None
+) -> Scene:
+    try:
+        item = json.loads(item_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{item_path}: not a readable STAC Item ({exc})") from exc
+    props = item.get("properties", {})
+    refs: dict[str, BandRef] = {}
+    for key, asset in (item.get("assets") or {}).items():
+        href = asset.get("href", "")
+        path = href if "://" in href else str((item_path.parent / href).resolve())
+        bands = asset.get("eo:bands") or asset.get("bands") or [{}]
+        name = normalize_band(bands[0].get("name", "") or "") or normalize_band(key)
+        if key.lower() == "scl" and mask is None:
+            mask, mask_is_scl = path, True
+            continue
+        if name is None:
+            continue
+        raster = (asset.get("raster:bands") or [{}])[0]
+        off = offset
+        if off is None:  # physical offset -0.1 at scale 1e-4 is the DN offset -1000 of baseline >= 04.00
+            scale = raster.get("scale", 1.0) or 1.0
+            off = raster.get("offset", 0.0) / scale if raster.get("offset") else _baseline_offset(
+                {"PROCESSING_BASELINE": str(props.get("s2:processing_baseline", ""))} if props.get("s2:processing_baseline") else {}, 0.0
+            )  # fmt: skip
+        refs[name] = BandRef(path, 1, float(off))
+    prov = {
+        "inputs": [str(item_path)],
+        "layout": "STAC Item",
+        "stac_id": item.get("id"),
+        "datetime": props.get("datetime"),
+    }
+    return _build(refs, model_bands, prov, mask, mask_is_scl)
+
+
+def _build(
+    refs: dict[str, BandRef],
+    model_bands: list[str],
+    prov: dict[str, Any],
+    mask: Any,
+    mask_is_scl: bool | None,
+) -> Scene:
+    missing = [b for b in model_bands if b not in refs]
+    if missing:
+        raise DataError(
+            f"the input lacks band(s) {', '.join(missing)} that the model needs "
+            f"(found: {', '.join(sorted(refs)) or 'none'}); give a scene with those bands"
+        )
+    # The reference grid is that of the finest band the model uses (10 m for Sentinel-2).
+    grids = []
+    for b in model_bands:
+        with _open_checked(refs[b].path) as ds:
+            if ds.crs is None:
+                raise DataError(
+                    f"{refs[b].path} has no CRS; a georeferenced GeoTIFF is needed to map and measure areas"
+                )
+            grids.append((abs(ds.transform.a), ds.crs, ds.transform, ds.width, ds.height))
+    _, crs, transform, width, height = min(grids, key=lambda g: g[0])
+    prov["offsets"] = {b: refs[b].offset for b in model_bands if refs[b].offset}
+    return Scene(
+        {b: refs[b] for b in model_bands}, list(model_bands), crs, transform, width, height,
+        str(mask) if mask else None, bool(mask_is_scl), prov,
+    )  # fmt: skip

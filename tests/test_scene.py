@@ -1,0 +1,278 @@
+"""Scene inference on generated georeferenced scenes: outputs, areas, band matching, masks,
+mixed resolutions, STAC items, Dask, and every bad input the command handles."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import CLASSES, SPECTRA, reference_proba, require
+from eodeploy.errors import DataError
+from eodeploy.geo import OutputExistsError, predict_scene
+from eodeploy.geo.infer import NODATA
+from eodeploy.geo.tiling import blend_weights, offsets
+from eodeploy.package import ModelRepository
+
+
+def _expected(name: str) -> int:
+    """The tiny (random linear) model's class for a uniform patch of one spectrum, in NumPy."""
+    return int(
+        reference_proba(
+            np.array(SPECTRA[name], float)[None, :, None, None] * np.ones((1, 13, 64, 64))
+        ).argmax()
+    )
+
+
+LEFT, RIGHT = _expected("Forest"), _expected("SeaLake")  # the two halves of the generated scenes
+BANDS = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B09", "B10", "B11", "B12", "B8A"]
+
+
+def scene_array(h: int = 150, w: int = 200, seed: int = 0) -> np.ndarray:
+    """Left half Forest spectra, right half SeaLake spectra (classes LEFT and RIGHT), EuroSAT band order."""
+    rng = np.random.default_rng(seed)
+    arr = np.empty((13, h, w), np.float64)
+    arr[:, :, : w // 2] = np.array(SPECTRA["Forest"])[:, None, None]
+    arr[:, :, w // 2 :] = np.array(SPECTRA["SeaLake"])[:, None, None]
+    return np.clip(arr + rng.normal(0, 30, arr.shape), 1, 18000).astype(np.uint16)
+
+
+def write_scene(path: Path, arr: np.ndarray, names: list[str] | None = BANDS, crs: str | None = "EPSG:32633",
+                res: float = 10.0, origin: tuple[float, float] = (500000, 5000000), nodata: int | None = 0,
+                tags: dict[str, str] | None = None) -> Path:  # fmt: skip
+    import rasterio
+    from rasterio.transform import from_origin
+
+    profile = {"driver": "GTiff", "width": arr.shape[2], "height": arr.shape[1], "count": arr.shape[0],
+               "dtype": arr.dtype, "transform": from_origin(origin[0], origin[1], res, res), "nodata": nodata}  # fmt: skip
+    if crs:
+        profile["crs"] = crs
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(arr)
+        if names:
+            for i, n in enumerate(names, 1):
+                dst.set_band_description(i, n)
+        if tags:
+            dst.update_tags(**tags)
+    return path
+
+
+def read(path: Path) -> np.ndarray:
+    import rasterio
+
+    with rasterio.open(path) as src:
+        return src.read(1)
+
+
+def test_window_grid_and_taper() -> None:
+    assert offsets(150, 64, 32) == [0, 32, 64, 86]  # last window ends at the edge
+    assert offsets(63, 64, 32) == []
+    w = blend_weights(64)
+    assert w.max() == 1 and w[0, 0] < w[16, 16] < w[32, 32] and np.allclose(w, w.T) and w.min() > 0
+
+
+def test_scene_outputs_areas_and_nodata(repo: ModelRepository, tmp_path: Path) -> None:
+    from rio_cogeo.cogeo import cog_validate
+
+    arr = scene_array()
+    arr[:, :20, :30] = 0  # a nodata corner
+    order = BANDS[::-1]  # bands stored in reverse order: matched by name
+    src = write_scene(tmp_path / "scene.tif", arr[::-1].copy(), names=order)
+    out = tmp_path / "out"
+    stats = predict_scene(repo.get("tiny"), src, out, stride=32)
+    for name in (
+        "classes.tif",
+        "confidence.tif",
+        "polygons.geojson",
+        "stats.json",
+        "item.json",
+        "preview.png",
+    ):
+        assert (out / name).is_file(), name
+    for cog in ("classes.tif", "confidence.tif"):
+        valid, errors, _ = cog_validate(str(out / cog))
+        assert valid, errors
+    classes = read(out / "classes.tif")
+    assert LEFT != RIGHT and classes[75, 40] == LEFT and classes[75, 160] == RIGHT
+    assert (classes[:20, :30] == NODATA).all() and classes[100, 100] != NODATA
+    assert stats["nodata_ha"] == pytest.approx(20 * 30 * 100 / 1e4, rel=0.01)
+    left, right = stats["areas_ha"][CLASSES[LEFT]], stats["areas_ha"][CLASSES[RIGHT]]
+    # A patch classifier puts the boundary where mixed windows tip over, not exactly mid-scene.
+    assert left > 0.25 * stats["total_ha"] and right > 0.25 * stats["total_ha"]
+    assert sum(stats["areas_ha"].values()) + stats["nodata_ha"] == pytest.approx(stats["total_ha"], rel=1e-6)
+    assert stats["total_ha"] == pytest.approx(150 * 200 * 100 / 1e4, rel=0.002)  # UTM: close to nominal
+    feats = json.loads((out / "polygons.geojson").read_text())["features"]
+    assert {f["properties"]["class"] for f in feats} == {CLASSES[LEFT], CLASSES[RIGHT]}
+    item = json.loads((out / "item.json").read_text())
+    assert item["assets"]["classes"]["classification:classes"][0]["name"] == "Forest"
+    assert any("item.json" in link["href"] for link in item["links"])
+
+
+def test_geographic_crs_areas_are_geodesic(repo: ModelRepository, tmp_path: Path) -> None:
+    """At 60°N a degree-grid pixel is half as wide as tall: naive pixel x nominal size is wrong."""
+    from pyproj import Geod
+
+    res = 0.0002
+    src = write_scene(
+        tmp_path / "geo.tif", scene_array(100, 100), crs="EPSG:4326", res=res, origin=(10.0, 60.0)
+    )
+    stats = predict_scene(repo.get("tiny"), src, tmp_path / "out", stride=64, polygons=False)
+    lons = [10.0, 10.0 + 100 * res, 10.0 + 100 * res, 10.0]
+    lats = [60.0, 60.0, 60.0 - 100 * res, 60.0 - 100 * res]
+    truth = abs(Geod(ellps="WGS84").polygon_area_perimeter(lons, lats)[0]) / 1e4
+    assert stats["total_ha"] == pytest.approx(truth, rel=1e-3)
+
+
+def test_band_files_at_mixed_resolution(repo: ModelRepository, tmp_path: Path) -> None:
+    """One file per band, 20 m and 60 m bands resampled onto the 10 m grid, names from file names."""
+    arr = scene_array(120, 180)
+    folder = tmp_path / "bands"
+    folder.mkdir()
+    coarse = {"B05": 2, "B06": 2, "B07": 2, "B8A": 2, "B11": 2, "B12": 2, "B01": 6, "B09": 6, "B10": 6}
+    for i, name in enumerate(BANDS):
+        f = coarse.get(name, 1)
+        band = arr[i : i + 1, ::f, ::f].copy()
+        write_scene(folder / f"T33UUU_20240101_{name}_{10 * f}m.tif", band, names=None, res=10.0 * f)
+    stats = predict_scene(repo.get("tiny"), folder, tmp_path / "out", stride=32)
+    classes = read(tmp_path / "out" / "classes.tif")
+    assert classes.shape == (120, 180)
+    assert classes[60, 30] == LEFT and classes[60, 150] == RIGHT
+    assert stats["input"]["layout"] == "one file per band"
+
+
+def test_stac_item_with_baseline_offset(repo: ModelRepository, tmp_path: Path) -> None:
+    """Processing baseline >= 04.00 stores DN + 1000; the raster offset in the item removes it."""
+    arr = scene_array(100, 128)
+    for i, name in enumerate(BANDS):
+        write_scene(tmp_path / f"{name}.tif", arr[i : i + 1] + np.uint16(1000), names=None)
+    assets = {
+        name: {"href": f"./{name}.tif", "eo:bands": [{"name": name}],
+               "raster:bands": [{"scale": 0.0001, "offset": -0.1}]}
+        for name in BANDS
+    }  # fmt: skip
+    item = {"type": "Feature", "stac_version": "1.1.0", "id": "S2X_TEST", "geometry": None,
+            "properties": {"datetime": "2024-05-01T02:00:00Z", "s2:processing_baseline": "05.10"}, "assets": assets}  # fmt: skip
+    (tmp_path / "item.json").write_text(json.dumps(item))
+    stats = predict_scene(
+        repo.get("tiny"), tmp_path / "item.json", tmp_path / "out", stride=64, polygons=False
+    )
+    assert stats["input"]["offsets"]["B02"] == -1000
+    plain = predict_scene(
+        repo.get("tiny"),
+        write_scene(tmp_path / "plain.tif", arr),
+        tmp_path / "out2",
+        stride=64,
+        polygons=False,
+    )
+    np.testing.assert_array_equal(
+        read(tmp_path / "out" / "classes.tif"), read(tmp_path / "out2" / "classes.tif")
+    )
+    assert stats["areas_ha"] == plain["areas_ha"]
+    assert (
+        json.loads((tmp_path / "out" / "item.json").read_text())["properties"]["datetime"]
+        == "2024-05-01T02:00:00Z"
+    )
+
+
+def test_scl_clouds_are_masked_and_reported(repo: ModelRepository, tmp_path: Path) -> None:
+    src = write_scene(tmp_path / "scene.tif", scene_array(128, 128))
+    scl = np.full((1, 64, 64), 4, np.uint8)  # 20 m SCL: vegetation ...
+    scl[0, :16, :16] = 9  # ... with a high-probability cloud over the top-left 32x32 (10 m) pixels
+    write_scene(tmp_path / "SCL_20m.tif", scl, names=None, res=20.0, nodata=None)
+    stats = predict_scene(
+        repo.get("tiny"), src, tmp_path / "out", stride=32, mask=tmp_path / "SCL_20m.tif", polygons=False
+    )
+    classes = read(tmp_path / "out" / "classes.tif")
+    assert (classes[:32, :32] == NODATA).all() and (classes[40:, 40:] != NODATA).all()
+    assert stats["cloud_ha"] == pytest.approx(32 * 32 * 100 / 1e4, rel=0.01)
+
+
+def _no_partials(folder: Path) -> bool:
+    return not [p for p in folder.iterdir() if ".partial-" in p.name]
+
+
+@pytest.mark.parametrize(
+    "case, words",
+    [
+        ("unreadable", "cannot be read"),
+        ("no crs", "no CRS"),
+        ("missing band", "lacks band(s) B10"),
+        ("all nodata", "every pixel is nodata"),
+        ("too small", "smaller than one 64x64 patch"),
+        ("missing file", "no such file"),
+    ],
+)
+def test_bad_scenes_are_clear_errors_and_leave_nothing(
+    repo: ModelRepository, tmp_path: Path, case: str, words: str
+) -> None:
+    src = tmp_path / "scene.tif"
+    if case == "unreadable":
+        src.write_bytes(b"II*\x00" + b"\x00" * 100)
+    elif case == "no crs":
+        write_scene(src, scene_array(80, 80), crs=None)
+    elif case == "missing band":
+        write_scene(src, scene_array(80, 80)[:12], names=[b for b in BANDS if b != "B10"])
+    elif case == "all nodata":
+        write_scene(src, np.zeros((13, 80, 80), np.uint16))
+    elif case == "too small":
+        write_scene(src, scene_array(40, 80))
+    with pytest.raises(DataError, match=words.replace("(", r"\(").replace(")", r"\)")):
+        predict_scene(
+            repo.get("tiny"), src if case != "missing file" else tmp_path / "nope.tif", tmp_path / "out"
+        )
+    assert not (tmp_path / "out").exists() and _no_partials(tmp_path)
+
+
+def test_existing_output_is_refused_then_replaced(repo: ModelRepository, tmp_path: Path) -> None:
+    src = write_scene(tmp_path / "scene.tif", scene_array(80, 80))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("earlier results")
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        predict_scene(repo.get("tiny"), src, out)
+    assert (out / "keep.txt").read_text() == "earlier results"
+    predict_scene(repo.get("tiny"), src, out, overwrite=True, polygons=False)
+    assert (out / "classes.tif").is_file() and not (out / "keep.txt").exists() and _no_partials(tmp_path)
+
+
+def test_dask_gives_the_same_maps(repo: ModelRepository, tmp_path: Path) -> None:
+    require("distributed")
+    from eodeploy.geo.distributed import predict_scenes
+
+    srcs = [write_scene(tmp_path / f"s{i}.tif", scene_array(96, 128, seed=i)) for i in range(2)]
+    results = predict_scenes(
+        repo.get("tiny").path, srcs, tmp_path / "dask", n_workers=1, stride=32, polygons=False
+    )
+    assert len(results) == 2
+    for s in srcs:
+        single = tmp_path / f"single-{s.stem}"
+        predict_scene(repo.get("tiny"), s, single, stride=32, polygons=False)
+        np.testing.assert_array_equal(
+            read(single / "classes.tif"), read(tmp_path / "dask" / s.stem / "classes.tif")
+        )
+
+
+def test_cli_predict(repo: ModelRepository, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from eodeploy.cli.main import app
+
+    src = write_scene(tmp_path / "scene.tif", scene_array(80, 256))
+    args = [
+        "predict",
+        "tiny",
+        str(src),
+        "--out",
+        str(tmp_path / "out"),
+        "--repo",
+        str(repo.root),
+        "--stride",
+        "32",
+    ]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert CLASSES[LEFT] in r.output and "hectares" in r.output
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 2 and "--overwrite" in r.output
