@@ -276,3 +276,28 @@ def test_cli_predict(repo: ModelRepository, tmp_path: Path) -> None:
     assert CLASSES[LEFT] in r.output and "hectares" in r.output
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 2 and "--overwrite" in r.output
+
+
+def test_gee_patch_folder(repo: ModelRepository, tmp_path: Path) -> None:
+    """The guide's GEE option 1: a folder of exported 64x64 patches, GeoTIFF (mapped) or .npy."""
+    from eodeploy.geo.patches import is_patch_folder, predict_patches
+    from eodeploy.runtime.predictor import Predictor
+
+    folder = tmp_path / "gee"
+    folder.mkdir()
+    arr = scene_array(64, 256)
+    for i in range(3):
+        write_scene(
+            folder / f"patch_{i}.tif",
+            arr[:, :, i * 64 : (i + 1) * 64].copy(),
+            origin=(500000 + 640 * i, 5000000),
+        )
+    np.save(folder / "patch_3.npy", arr[:, :, 192:].transpose(1, 2, 0))  # channels-last, no georeference
+    assert is_patch_folder(folder, 64) and not is_patch_folder(tmp_path, 64)
+    stats = predict_patches(Predictor(repo.get("tiny")), folder, tmp_path / "out")
+    rows = (tmp_path / "out" / "patches.csv").read_text().splitlines()
+    assert len(rows) == 5 and rows[1].startswith("patch_0.tif," + CLASSES[LEFT])
+    assert rows[4].startswith("patch_3.npy," + CLASSES[RIGHT])
+    feats = json.loads((tmp_path / "out" / "patches.geojson").read_text())["features"]
+    assert len(feats) == 3 and stats["georeferenced"] == 3
+    assert sum(stats["areas_ha"].values()) == pytest.approx(3 * 64 * 64 * 100 / 1e4, rel=0.002)

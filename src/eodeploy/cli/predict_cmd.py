@@ -60,8 +60,19 @@ def predict(
         for src, stats in results.items():
             _report(src, stats)
         return
+    from eodeploy.geo.patches import is_patch_folder, predict_patches
+
     for src in inputs:
         target = out / src.stem if len(inputs) > 1 else out
+        if is_patch_folder(src, pkg.spec.height):
+            from eodeploy.runtime.predictor import Predictor
+
+            stats = predict_patches(
+                Predictor(pkg), src, target, overwrite=overwrite, band_names=options["band_names"]
+            )  # type: ignore[arg-type]
+            counts = ", ".join(f"{k} {v}" for k, v in stats["counts"].items() if v)
+            console.print(f"{stats['input']['patches']} patches → {target}: {counts}")
+            continue
         with Progress(
             TextColumn(f"[bold]{src.name}"), BarColumn(), TextColumn("{task.fields[km2]:.1f} km²"),
             TextColumn("{task.fields[rate]:.2f} km²/s"), TimeElapsedColumn(), TimeRemainingColumn(), console=err_console,

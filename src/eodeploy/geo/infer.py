@@ -83,96 +83,113 @@ def classify_scene(
     stats = RunStats(class_m2=np.zeros(k))
     t0 = time.perf_counter()
 
-    strips: queue.Queue[Any] = queue.Queue(maxsize=2)
-    rows_out: queue.Queue[Any] = queue.Queue(maxsize=2)
+    # Three stages on three threads, bounded queues between them:
+    #   reader:  read a strip, cut and preprocess its windows  -> batches
+    #   caller:  run the model on each batch (nothing else)     -> probabilities
+    #   blender: blend into a one-patch-high buffer, finalise rows, write them, measure areas
+    batches: queue.Queue[Any] = queue.Queue(maxsize=2)
+    results: queue.Queue[Any] = queue.Queue(maxsize=2)
     errors: list[BaseException] = []
 
     def reader() -> None:
         try:
             for y in ys:
-                strips.put((y, *scene.read(y, 0, p, width)))
+                raw, nodata, cloud = scene.read(y, 0, p, width)
+                invalid = nodata | cloud
+                windows, places = [], []
+                for x in xs:
+                    bad = invalid[:, x : x + p]
+                    if bad.all():
+                        continue
+                    w = raw[:, :, x : x + p]
+                    windows.append(np.where(bad[None], fill, w) if bad.any() else w)
+                    places.append(x)
+                tensor = predictor.preprocess(np.stack(windows)) if windows else None
+                batches.put((y, places, tensor, nodata, cloud, len(xs) - len(places)))
         except BaseException as exc:  # surfaced on the calling thread
             errors.append(exc)
         finally:
-            strips.put(_DONE)
+            batches.put(_DONE)
 
-    def writer() -> None:
+    def blender() -> None:
+        acc = np.zeros((k, p, width), np.float32)
+        wsum = np.zeros((p, width), np.float32)
+        nod = np.zeros((p, width), bool)
+        cld = np.zeros((p, width), bool)
+        base = 0
+
+        def flush(upto: int) -> None:
+            """Rows base .. upto are final: no later window reaches them."""
+            nonlocal base
+            n = upto - base
+            if n <= 0:
+                return
+            covered = wsum[:n] > 0
+            # Weights are positive per pixel, so the argmax of the weighted sums is the argmax of
+            # the blended probabilities: only the maximum needs dividing.
+            classes = acc[:, :n].argmax(axis=0).astype(np.uint8)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                conf = np.round(acc[:, :n].max(axis=0) / np.where(covered, wsum[:n], 1) * 100).astype(
+                    np.uint8
+                )
+            invalid = nod[:n] | cld[:n] | ~covered
+            classes[invalid] = NODATA
+            conf[invalid] = NODATA
+            sink.write(base, classes, conf)
+            pix = area.of_block(base, n, width)
+            counted = ~invalid
+            stats.class_m2 += np.bincount(classes[counted], weights=pix[counted], minlength=k)[:k]
+            stats.nodata_m2 += float(pix[nod[:n]].sum())
+            stats.cloud_m2 += float(pix[cld[:n] & ~nod[:n]].sum())
+            for buf in (acc, wsum, nod, cld):
+                buf[..., :-n, :] = buf[..., n:, :]
+                buf[..., -n:, :] = 0
+            base = upto
+
         try:
-            while (item := rows_out.get()) is not _DONE:
-                row0, classes, conf, nodata, cloud = item
-                sink.write(row0, classes, conf)
-                pix = area.of_block(row0, classes.shape[0], width)
-                counted = classes != NODATA
-                stats.class_m2 += np.bincount(classes[counted], weights=pix[counted], minlength=k)[:k]
-                stats.nodata_m2 += float(pix[nodata].sum())
-                stats.cloud_m2 += float(pix[cloud].sum())
-        except BaseException as exc:
-            errors.append(exc)
-            while rows_out.get() is not _DONE:  # keep draining so the producer never blocks
-                pass
-
-    threads = [threading.Thread(target=reader, daemon=True), threading.Thread(target=writer, daemon=True)]
-    for t in threads:
-        t.start()
-
-    acc = np.zeros((k, p, width), np.float32)
-    wsum = np.zeros((p, width), np.float32)
-    nod = np.zeros((p, width), bool)
-    cld = np.zeros((p, width), bool)
-    base = 0
-
-    def flush(upto: int) -> None:
-        """Rows base .. upto are final: turn them into classes and hand them to the writer."""
-        nonlocal acc, wsum, nod, cld, base
-        n = upto - base
-        if n <= 0:
-            return
-        covered = wsum[:n] > 0
-        with np.errstate(invalid="ignore", divide="ignore"):
-            proba = acc[:, :n] / np.where(covered, wsum[:n], 1)
-        classes = proba.argmax(axis=0).astype(np.uint8)
-        conf = np.round(proba.max(axis=0) * 100).astype(np.uint8)
-        invalid = nod[:n] | cld[:n] | ~covered
-        classes[invalid] = NODATA
-        conf[invalid] = NODATA
-        rows_out.put((base, classes, conf, nod[:n].copy(), cld[:n].copy()))
-        for buf in (acc, wsum, nod, cld):
-            buf[..., :-n, :] = buf[..., n:, :]
-            buf[..., -n:, :] = 0
-        base = upto
-
-    try:
-        while (item := strips.get()) is not _DONE:
-            y, raw, nodata, cloud = item
-            flush(y)
-            off = y - base
-            nod[off : off + p] |= nodata
-            cld[off : off + p] |= cloud
-            invalid = nodata | cloud
-            windows, places = [], []
-            for x in xs:
-                bad = invalid[:, x : x + p]
-                if bad.all():
-                    stats.windows_skipped += 1
-                    continue
-                w = raw[:, :, x : x + p]
-                if bad.any():
-                    w = np.where(bad[None], fill, w)
-                windows.append(w)
-                places.append(x)
-            if windows:
-                ti = time.perf_counter()
-                proba = predictor.predict_proba(np.stack(windows), batch_size=batch_size)
-                stats.infer_seconds += time.perf_counter() - ti
-                stats.windows += len(windows)
+            while (item := results.get()) is not _DONE:
+                y, places, proba, nodata, cloud = item
+                flush(y)
+                off = y - base
+                nod[off : off + p] |= nodata
+                cld[off : off + p] |= cloud
                 for x, pr in zip(places, proba):
                     acc[:, off : off + p, x : x + p] += pr[:, None, None] * weight[None]
                     wsum[off : off + p, x : x + p] += weight
-            if on_progress:
-                on_progress(y + p)
-        flush(base + p if ys else 0)
+                if on_progress:
+                    on_progress(y + p)
+            if not errors:
+                flush(base + p)
+        except BaseException as exc:
+            errors.append(exc)
+            while results.get() is not _DONE:  # keep draining so the caller never blocks
+                pass
+
+    threads = [threading.Thread(target=reader, daemon=True), threading.Thread(target=blender, daemon=True)]
+    for t in threads:
+        t.start()
+    try:
+        while (item := batches.get()) is not _DONE:
+            y, places, tensor, nodata, cloud, skipped = item
+            stats.windows_skipped += skipped
+            proba = np.empty((0, k), np.float32)
+            if tensor is not None:
+                ti = time.perf_counter()
+                proba = np.concatenate(
+                    [predictor.run(tensor[i : i + batch_size]) for i in range(0, len(tensor), batch_size)]
+                )
+                stats.infer_seconds += time.perf_counter() - ti
+                stats.windows += len(places)
+            results.put((y, places, proba, nodata, cloud))
+            if errors:
+                break
     finally:
-        rows_out.put(_DONE)
+        results.put(_DONE)
+        while threads[0].is_alive():  # unblock a reader stuck on a full queue after an error
+            try:
+                batches.get_nowait()
+            except queue.Empty:
+                threads[0].join(0.05)
         for t in threads:
             t.join()
     if errors:

@@ -22,7 +22,7 @@ def _rgb(color: str) -> tuple[int, int, int, int]:
 
 
 class GeoTiffSink(_Sink):
-    """Tiled, compressed working GeoTIFFs written row block by row block (never the whole map)."""
+    """Tiled working GeoTIFFs written row block by row block (never the whole map in memory)."""
 
     def __init__(self, folder: Path, scene: Scene, spec: ModelSpec) -> None:
         import rasterio
@@ -30,7 +30,7 @@ class GeoTiffSink(_Sink):
         profile = {
             "driver": "GTiff", "width": scene.width, "height": scene.height, "count": 1, "dtype": "uint8",
             "crs": scene.crs, "transform": scene.transform, "nodata": NODATA, "tiled": True,
-            "blockxsize": 512, "blockysize": 512, "compress": "deflate", "BIGTIFF": "IF_SAFER",
+            "blockxsize": 512, "blockysize": 512, "BIGTIFF": "IF_SAFER",  # uncompressed: the COG step compresses
         }  # fmt: skip
         self.paths = {
             "classes": folder / ("work-" + CLASSES_TIF),

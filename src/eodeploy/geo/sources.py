@@ -92,18 +92,24 @@ class Scene:
         win = Window(col, row, width, height)
         out = np.empty((len(self.order), height, width), np.float32)
         nodata = np.zeros((height, width), bool)
+        by_file: dict[str, list[int]] = {}
         for i, name in enumerate(self.order):
-            ref = self.bands[name]
-            ds = self._dataset(ref.path)
-            band = ds.read(ref.index, window=win).astype(np.float32)
-            nd = ds.nodatavals[ref.index - 1]
-            if nd is not None and not np.isnan(nd):
-                nodata |= band == nd
-            nodata |= ~np.isfinite(band)
-            if ref.offset:
-                band += ref.offset
-                np.maximum(band, 0, out=band)
-            out[i] = band
+            by_file.setdefault(self.bands[name].path, []).append(i)
+        for path, positions in by_file.items():
+            ds = self._dataset(path)
+            refs = [self.bands[self.order[i]] for i in positions]
+            # One read per file: a pixel-interleaved multi-band tile is decoded once, not once per band.
+            data = ds.read([r.index for r in refs], window=win)
+            for i, ref, band in zip(positions, refs, data):
+                nd = ds.nodatavals[ref.index - 1]
+                if nd is not None and not np.isnan(nd):
+                    nodata |= band == nd
+                if band.dtype.kind == "f":
+                    nodata |= ~np.isfinite(band)
+                out[i] = band  # one conversion, straight into the float32 output
+                if ref.offset:
+                    out[i] += ref.offset
+                    np.maximum(out[i], 0, out=out[i])
         cloud = np.zeros((height, width), bool)
         if self.mask_path:
             m = self._dataset(self.mask_path).read(1, window=win)
