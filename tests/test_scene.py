@@ -301,3 +301,34 @@ def test_gee_patch_folder(repo: ModelRepository, tmp_path: Path) -> None:
     feats = json.loads((tmp_path / "out" / "patches.geojson").read_text())["features"]
     assert len(feats) == 3 and stats["georeferenced"] == 3
     assert sum(stats["areas_ha"].values()) == pytest.approx(3 * 64 * 64 * 100 / 1e4, rel=0.002)
+
+
+def test_column_bands_give_the_same_map(repo: ModelRepository, tmp_path: Path) -> None:
+    """Memory is bounded by processing column bands; the seams between bands must not show."""
+    from eodeploy.geo.infer import classify_scene
+    from eodeploy.geo.sources import open_scene
+    from eodeploy.runtime.predictor import Predictor
+
+    class Collect:
+        def __init__(self, h: int, w: int) -> None:
+            self.classes = np.full((h, w), 254, np.uint8)
+            self.conf = np.zeros((h, w), np.uint8)
+
+        def write(self, row0: int, col0: int, classes: np.ndarray, conf: np.ndarray) -> None:
+            self.classes[row0 : row0 + classes.shape[0], col0 : col0 + classes.shape[1]] = classes
+            self.conf[row0 : row0 + classes.shape[0], col0 : col0 + classes.shape[1]] = conf
+
+    arr = scene_array(130, 300, seed=5)
+    arr[:, 60:70, 140:170] = 0  # nodata across a band edge
+    src = write_scene(tmp_path / "s.tif", arr)
+    predictor = Predictor(repo.get("tiny"))
+    maps = []
+    for band_width in (10_000, 100, 64):
+        sink = Collect(130, 300)
+        stats = classify_scene(predictor, open_scene(src, BANDS), sink, stride=16, band_width=band_width)  # type: ignore[arg-type]
+        maps.append((sink.classes, sink.conf, stats.class_m2.sum() + stats.nodata_m2))
+    for classes, conf, total in maps[1:]:
+        np.testing.assert_array_equal(classes, maps[0][0])
+        assert np.abs(conf.astype(int) - maps[0][1]).max() <= 1  # float summation order
+        assert total == pytest.approx(maps[0][2], rel=1e-9)
+    assert (maps[0][0] != 254).all()  # every pixel written exactly by some band

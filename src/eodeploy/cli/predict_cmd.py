@@ -80,13 +80,13 @@ def predict(
             task = bar.add_task("scene", total=1.0, km2=0.0, rate=0.0)
             state: dict[str, float] = {}
 
-            def progress(rows: int, height: int, task: int = task, state: dict[str, float] = state) -> None:
+            def progress(frac: float, task: int = task, state: dict[str, float] = state) -> None:
                 import time
 
                 state.setdefault("t0", time.perf_counter())
-                done = state.get("km2_total", 0.0) * rows / height
+                done = state.get("km2_total", 0.0) * frac
                 dt = max(time.perf_counter() - state["t0"], 1e-6)
-                bar.update(task, completed=rows / height, km2=done, rate=done / dt)
+                bar.update(task, completed=frac, km2=done, rate=done / dt)
 
             from eodeploy.geo.sources import open_scene
 

@@ -30,10 +30,10 @@ class PixelArea:
         area, _ = self._geod.polygon_area_perimeter(lon, lat)
         return abs(area)
 
-    def of_block(self, row0: int, height: int, width: int) -> np.ndarray:
-        """(height, width) pixel areas in m² for rows row0 .. row0 + height."""
+    def of_block(self, row0: int, height: int, width: int, col0: int = 0) -> np.ndarray:
+        """(height, width) pixel areas in m² for the block at (row0, col0)."""
         rows = np.arange(row0, row0 + height) // self.cell
-        cols = np.arange(width) // self.cell
+        cols = np.arange(col0, col0 + width) // self.cell
         ur, uc = np.unique(rows), np.unique(cols)
         table = np.array([[self._cached(int(r), int(c)) for c in uc] for r in ur])
         return table[np.searchsorted(ur, rows)][:, np.searchsorted(uc, cols)]

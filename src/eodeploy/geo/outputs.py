@@ -46,10 +46,10 @@ class GeoTiffSink(_Sink):
         self.confidence.set_band_description(1, "confidence (%)")
         self.width = scene.width
 
-    def write(self, row0: int, classes: np.ndarray, confidence: np.ndarray) -> None:
+    def write(self, row0: int, col0: int, classes: np.ndarray, confidence: np.ndarray) -> None:
         from rasterio.windows import Window
 
-        win = Window(0, row0, self.width, classes.shape[0])
+        win = Window(col0, row0, classes.shape[1], classes.shape[0])
         self.classes.write(classes, 1, window=win)
         self.confidence.write(confidence, 1, window=win)
 

@@ -44,7 +44,7 @@ def predict_scene(
     mask: str | Path | None = None,
     band_names: list[str] | None = None,
     offset: float | None = None,
-    on_progress: Callable[[int, int], None] | None = None,
+    on_progress: Callable[[float], None] | None = None,
     intra_op_threads: int | None = None,
 ) -> dict[str, Any]:
     """Classify ``source`` and write classes/confidence COGs, polygons, stats.json and item.json
@@ -84,7 +84,7 @@ def _predict_scene(
     mask: str | Path | None,
     band_names: list[str] | None,
     offset: float | None,
-    on_progress: Callable[[int, int], None] | None,
+    on_progress: Callable[[float], None] | None,
     intra_op_threads: int | None,
 ) -> dict[str, Any]:
     # Idle ONNX Runtime threads must not spin: the reader and writer threads need those cores.
@@ -112,7 +112,7 @@ def _predict_scene(
         try:
             run = classify_scene(
                 predictor, scene, sink, stride,
-                on_progress=(lambda rows: on_progress(rows, scene.height)) if on_progress else None,
+                on_progress=(lambda frac: on_progress(frac)) if on_progress else None,
             )  # fmt: skip
         finally:
             sink.close()
