@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import rasterio
 from rich.console import Console
-
 from scene import build_tile  # type: ignore[import-not-found]
 
 from eodeploy.geo import predict_scene
@@ -53,7 +52,9 @@ def main() -> None:
     for n in (1, 2):
         t0 = time.perf_counter()
         predict_scenes(pkg.path, scenes, work / f"dask{n}", n_workers=n, threads_per_worker=1, **opts)
-        rows.append({"run": f"Dask LocalCluster, {n} worker(s) x 1 thread", "seconds": time.perf_counter() - t0})
+        rows.append(
+            {"run": f"Dask LocalCluster, {n} worker(s) x 1 thread", "seconds": time.perf_counter() - t0}
+        )
     identical = all(
         np.array_equal(rasterio.open(work / "single" / s.stem / "classes.tif").read(1),
                        rasterio.open(work / "dask2" / s.stem / "classes.tif").read(1))
