@@ -332,3 +332,92 @@ def test_column_bands_give_the_same_map(repo: ModelRepository, tmp_path: Path) -
         assert np.abs(conf.astype(int) - maps[0][1]).max() <= 1  # float summation order
         assert total == pytest.approx(maps[0][2], rel=1e-9)
     assert (maps[0][0] != 254).all()  # every pixel written exactly by some band
+
+
+def test_segmentation_model_blends_per_pixel(tmp_path: Path) -> None:
+    """A dense model (N, classes, H, W) is blended pixel by pixel: the map follows its pixels."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from conftest import WEIGHTS, linear_spec
+
+    w = (5 * WEIGHTS.T).astype(np.float32)[:, :, None, None]  # 1x1 conv: (3 classes, 13 bands, 1, 1)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["input", "W"], ["logits"]),
+            helper.make_node("Softmax", ["logits"], ["output"], axis=1),
+        ],
+        "seg",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 13, 64, 64])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 3, 64, 64])],
+        initializer=[numpy_helper.from_array(w, "W")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    repo = ModelRepository(tmp_path / "models")
+    pkg = repo.add("seg", model.SerializeToString(), linear_spec("seg"))
+    arr = scene_array(100, 150, seed=2)
+    src = write_scene(tmp_path / "scene.tif", arr, nodata=None)
+    predict_scene(pkg, src, tmp_path / "out", stride=32, polygons=False)
+    z = (arr.astype(np.float64) - 1000) / 500
+    expected = np.einsum("chw,kc->khw", z, w[:, :, 0, 0]).argmax(axis=0)
+    got = read(tmp_path / "out" / "classes.tif")
+    assert (got == expected).mean() > 0.999
+
+
+def test_stac_item_from_an_http_api(repo: ModelRepository, tmp_path: Path) -> None:
+    """An item URL as a STAC API serves it; assets read over HTTP range requests (GDAL /vsicurl/)."""
+    import functools
+    import http.server
+    import threading
+
+    class RangeHandler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def send_head(self):  # type: ignore[no-untyped-def]
+            rng = self.headers.get("Range")
+            path = Path(self.translate_path(self.path))
+            if not rng or not path.is_file():
+                return super().send_head()
+            start_s, _, end_s = rng.removeprefix("bytes=").partition("-")
+            data = path.read_bytes()
+            start, end = int(start_s), min(int(end_s or len(data) - 1), len(data) - 1)
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
+            self.send_header("Content-Length", str(end - start + 1))
+            self.send_header("Accept-Ranges", "bytes")
+            self.end_headers()
+            import io
+
+            return io.BytesIO(data[start : end + 1])
+
+    root = tmp_path / "api" / "collections" / "s2" / "items"
+    root.mkdir(parents=True)
+    arr = scene_array(80, 128)
+    for i, name in enumerate(BANDS):
+        write_scene(root / f"{name}.tif", arr[i : i + 1], names=None)
+    assets = {name: {"href": f"{name}.tif", "eo:bands": [{"name": name}]} for name in BANDS}
+    item = {"type": "Feature", "stac_version": "1.1.0", "id": "ITEM1", "geometry": None,
+            "properties": {"datetime": "2025-03-01T02:00:00Z"}, "assets": assets}  # fmt: skip
+    (root / "ITEM1").write_text(json.dumps(item))
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(RangeHandler, directory=str(tmp_path / "api"))
+    )
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/collections/s2/items/ITEM1"
+        stats = predict_scene(repo.get("tiny"), url, tmp_path / "out", stride=64, polygons=False)
+        local = predict_scene(
+            repo.get("tiny"),
+            write_scene(tmp_path / "l.tif", arr),
+            tmp_path / "out2",
+            stride=64,
+            polygons=False,
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert stats["areas_ha"] == local["areas_ha"] and stats["input"]["stac_id"] == "ITEM1"
+    np.testing.assert_array_equal(
+        read(tmp_path / "out" / "classes.tif"), read(tmp_path / "out2" / "classes.tif")
+    )

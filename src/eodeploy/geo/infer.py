@@ -85,6 +85,7 @@ def classify_scene(
     weight = blend_weights(p)
     fill = _fill_value(predictor)[:, None, None]
     width = scene.width
+    dense = getattr(predictor, "dense", False)
     area = PixelArea(scene.crs, scene.transform)
     stats = RunStats(class_m2=np.zeros(k))
     t0 = time.perf_counter()
@@ -167,7 +168,10 @@ def classify_scene(
                     nod[off : off + p] |= nodata
                     cld[off : off + p] |= cloud
                     for x, pr in zip(places, proba):
-                        acc[:, off : off + p, x - bx0 : x - bx0 + p] += pr[:, None, None] * weight[None]
+                        # A patch classifier's one distribution covers its window; a segmentation
+                        # model's per-pixel distributions are blended pixel by pixel.
+                        contrib = pr * weight[None] if dense else pr[:, None, None] * weight[None]
+                        acc[:, off : off + p, x - bx0 : x - bx0 + p] += contrib
                         wsum[off : off + p, x - bx0 : x - bx0 + p] += weight
                     if on_progress:
                         on_progress((done_px + (y + p) * (c1 - c0)) / (scene.height * width))

@@ -56,6 +56,9 @@ def predict_scene(
     # thread-local, and the reader and writer threads go through GDAL too.
     previous = get_gdal_config("GDAL_CACHEMAX")
     set_gdal_config("GDAL_CACHEMAX", GDAL_CACHE_MB)
+    # Remote assets (STAC over http): never list the "directory" of a COG URL, the usual cloud advice.
+    readdir = get_gdal_config("GDAL_DISABLE_READDIR_ON_OPEN")
+    set_gdal_config("GDAL_DISABLE_READDIR_ON_OPEN", "EMPTY_DIR")
     try:
         return _predict_scene(
             package, source, Path(out), stride=stride, overwrite=overwrite, polygons=polygons, mmu_ha=mmu_ha,
@@ -63,10 +66,11 @@ def predict_scene(
             intra_op_threads=intra_op_threads,
         )  # fmt: skip
     finally:
-        if previous is None:
-            del_gdal_config("GDAL_CACHEMAX")
-        else:
-            set_gdal_config("GDAL_CACHEMAX", previous)
+        for key, value in (("GDAL_CACHEMAX", previous), ("GDAL_DISABLE_READDIR_ON_OPEN", readdir)):
+            if value is None:
+                del_gdal_config(key)
+            else:
+                set_gdal_config(key, value)
 
 
 GDAL_CACHE_MB = 256

@@ -164,6 +164,8 @@ def open_scene(
     paths: list[Path]
     if mask is not None and mask_is_scl is None:  # a scene classification layer, or a 0/1 cloud mask
         mask_is_scl = "scl" in Path(mask).name.lower()
+    if isinstance(source, str) and source.startswith(("http://", "https://")):
+        return _open_stac(source, model_bands, mask, mask_is_scl, offset)  # an item from a STAC API
     if isinstance(source, list):
         paths = [Path(p) for p in source]
     else:
@@ -216,18 +218,38 @@ def _multiband(
     return refs, {"inputs": [str(path)], "layout": "multi-band file", "band_names": how}
 
 
+def _read_item(where: Path | str) -> dict[str, Any]:
+    if isinstance(where, Path):
+        return json.loads(where.read_text())  # type: ignore[no-any-return]
+    import urllib.request
+
+    with urllib.request.urlopen(where, timeout=60) as resp:  # noqa: S310 (http(s) only, checked above)
+        return json.loads(resp.read())  # type: ignore[no-any-return]
+
+
 def _open_stac(
-    item_path: Path, model_bands: list[str], mask: Any, mask_is_scl: bool | None, offset: float | None
+    item_path: Path | str, model_bands: list[str], mask: Any, mask_is_scl: bool | None, offset: float | None
 ) -> Scene:
+    """A STAC Item from a file or a URL (a STAC API's /collections/C/items/ID); assets are read
+    where they are: local paths, or http(s) URLs through GDAL's /vsicurl/ range requests."""
+    from urllib.parse import urljoin
+
     try:
-        item = json.loads(item_path.read_text())
+        item = _read_item(item_path)
     except (OSError, ValueError) as exc:
         raise DataError(f"{item_path}: not a readable STAC Item ({exc})") from exc
+    if not isinstance(item, dict) or item.get("type") != "Feature":
+        raise DataError(f"{item_path}: not a STAC Item (a GeoJSON Feature with assets)")
     props = item.get("properties", {})
     refs: dict[str, BandRef] = {}
     for key, asset in (item.get("assets") or {}).items():
         href = asset.get("href", "")
-        path = href if "://" in href else str((item_path.parent / href).resolve())
+        if "://" in href:
+            path = href
+        elif isinstance(item_path, str):
+            path = urljoin(item_path, href)
+        else:
+            path = str((item_path.parent / href).resolve())
         bands = asset.get("eo:bands") or asset.get("bands") or [{}]
         name = normalize_band(bands[0].get("name", "") or "") or normalize_band(key)
         if key.lower() == "scl" and mask is None:

@@ -99,6 +99,8 @@ class Predictor:
         inputs = self.session.get_inputs()
         self._input_name = inputs[0].name
         self._output_name = self.session.get_outputs()[0].name
+        # A segmentation model outputs (N, classes, H, W): one class distribution per pixel.
+        self.dense = len(self.session.get_outputs()[0].shape) == 4
         first = inputs[0].shape[0]
         # Models converted from TFLite often take a fixed batch (usually 1).
         self.fixed_batch: int | None = first if isinstance(first, int) and first > 0 else None
@@ -131,7 +133,14 @@ class Predictor:
             out = self._runner.run(tensor)
         else:
             out = self.session.run([self._output_name], {self._input_name: tensor})[0]
-        out = np.asarray(out, dtype=np.float32).reshape(len(tensor), -1)[:n]
+        out = np.asarray(out, dtype=np.float32)
+        if self.dense:
+            out = out[:n]
+            if self.spec.output_kind == "logits":
+                out = np.exp(out - out.max(axis=1, keepdims=True))
+                out /= out.sum(axis=1, keepdims=True)
+            return out
+        out = out.reshape(len(tensor), -1)[:n]
         return softmax(out) if self.spec.output_kind == "logits" else out
 
     def predict_proba(
