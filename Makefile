@@ -3,6 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 DATA ?= ../shared/data/eurosat
+SCENE ?= ../shared/data/sentinel2/lahinch_IE_s2l1c_2017-09-18.tif
 
 .PHONY: run test lint bench install install-dev clean
 
@@ -16,10 +17,12 @@ install: $(BIN)/python
 install-dev: $(BIN)/python
 	$(BIN)/pip install -q -e '.[train,keras,serve,openvino,litert,dask,dev]'
 
-# Main job on embedded defaults: the bundled model evaluated on the held-out split of the shared EuroSAT data.
+# Main job on embedded defaults: the bundled model evaluated on the held-out split of the shared
+# EuroSAT data, then a real 13-band Sentinel-2 scene turned into a map with per-class hectares.
 run: install
 	$(BIN)/eodeploy models list
 	$(BIN)/eodeploy evaluate eurosat-cnn $(DATA) --split test --no-save --plot confusion_test.png
+	$(BIN)/eodeploy predict eurosat-cnn $(SCENE) --out predictions/lahinch --overwrite
 
 # All tests, with every optional stack required (a missing one fails instead of skipping).
 test: install-dev
