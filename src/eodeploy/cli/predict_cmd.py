@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -112,4 +111,3 @@ def _report(src: str, stats: dict, target: Path | None = None) -> None:  # type:
     console.print(table)
     console.print(f"{stats['windows']} windows in {stats['seconds']:.1f} s; outputs: classes.tif, confidence.tif, "
                   f"polygons.geojson, stats.json, item.json, preview.png")  # fmt: skip
-    _ = json  # stats are also in stats.json

@@ -7,6 +7,7 @@ errors the same way. A 500 is logged with its traceback and answers a generic me
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -45,6 +46,13 @@ def status_of(exc: EodeployError) -> int:
         if isinstance(exc, cls):
             return code
     return 400
+
+
+def json_response(data: Any, status: int = 200) -> Response:
+    """orjson-encoded JSON: several times faster than the stdlib for probability lists."""
+    import orjson
+
+    return Response(orjson.dumps(data), status_code=status, media_type="application/json")
 
 
 def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:

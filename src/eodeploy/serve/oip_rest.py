@@ -12,6 +12,7 @@ from starlette.responses import Response
 from eodeploy import __version__
 from eodeploy.errors import InvalidInputError
 from eodeploy.serve.auth import require_admin, require_inference
+from eodeploy.serve.errors import json_response
 from eodeploy.serve.oip import (
     EXTENSIONS,
     SERVER_NAME,
@@ -26,13 +27,9 @@ router = APIRouter(tags=["Open Inference Protocol v2"])
 HEADER_LENGTH = "inference-header-content-length"
 
 
-def _json(data: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(data), status_code=status, media_type="application/json")
-
-
 @router.get("/v2", summary="Server metadata")
 async def server_metadata() -> Response:
-    return _json({"name": SERVER_NAME, "version": __version__, "extensions": EXTENSIONS})
+    return json_response({"name": SERVER_NAME, "version": __version__, "extensions": EXTENSIONS})
 
 
 @router.get("/v2/health/live", summary="Server live")
@@ -50,7 +47,7 @@ async def ready(request: Request) -> Response:
 async def metadata(request: Request, name: str, version: str | None = None) -> Response:
     registry = request.app.state.registry
     model = registry.resolve(name, version)
-    return _json(model_metadata(model, registry.served_versions(name)))
+    return json_response(model_metadata(model, registry.served_versions(name)))
 
 
 @router.get("/v2/models/{name}/config", summary="Model configuration (Triton shape)")
@@ -59,7 +56,7 @@ async def config(request: Request, name: str, version: str | None = None) -> Res
     registry = request.app.state.registry
     s = request.app.state.settings
     model = registry.resolve(name, version)
-    return _json(
+    return json_response(
         model_config(model, s.max_batch_size, s.max_queue_delay_ms, str(registry.config(name).policy))
     )
 
@@ -247,7 +244,7 @@ async def repository_index(request: Request) -> Response:
     rows = request.app.state.registry.index()
     if only_ready:
         rows = [r for r in rows if r["state"] == "AVAILABLE"]
-    return _json(rows)
+    return json_response(rows)
 
 
 @router.post(
@@ -257,7 +254,7 @@ async def repository_index(request: Request) -> Response:
 )
 async def repository_load(request: Request, name: str) -> Response:
     await request.app.state.registry.load(name)
-    return _json({})
+    return json_response({})
 
 
 @router.post(
@@ -265,4 +262,4 @@ async def repository_load(request: Request, name: str) -> Response:
 )
 async def repository_unload(request: Request, name: str) -> Response:
     await request.app.state.registry.unload(name)
-    return _json({})
+    return json_response({})

@@ -75,12 +75,3 @@ def from_bytes(buf: bytes | memoryview, shape: list[int], datatype: str) -> np.n
             "the payload is truncated or the shape/datatype is wrong"
         )
     return np.frombuffer(buf, dtype=dtype).reshape(shape)
-
-
-def shape_error(arr: np.ndarray, bands: int, height: int, width: int) -> str | None:
-    if arr.ndim == 4 and arr.shape[1:] in ((bands, height, width), (height, width, bands)):
-        return None
-    return (
-        f"input shape {list(arr.shape)} does not fit the model, which takes [batch, {bands}, {height}, "
-        f"{width}] raw band values (or [batch, {height}, {width}, {bands}] channels last)"
-    )

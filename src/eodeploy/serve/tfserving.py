@@ -11,14 +11,11 @@ from starlette.responses import Response
 
 from eodeploy.errors import InvalidInputError
 from eodeploy.serve.auth import require_inference
+from eodeploy.serve.errors import json_response
 from eodeploy.serve.registry import ServedModel
 
 router = APIRouter(tags=["TensorFlow Serving REST"])
 SIGNATURE = "serving_default"
-
-
-def _json(data: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(data), status_code=status, media_type="application/json")
 
 
 def _status_entry(version: int, state: str, reason: str = "") -> dict[str, Any]:
@@ -40,7 +37,9 @@ async def model_status(
     if label is not None or version is not None:
         v = registry.resolve(name, version, label).version
         states = [(sv, st) for sv, st in states if sv == v]
-    return _json({"model_version_status": [_status_entry(v, st.state, st.reason) for v, st in states]})
+    return json_response(
+        {"model_version_status": [_status_entry(v, st.state, st.reason) for v, st in states]}
+    )
 
 
 def _tensor_info(name: str, dims: list[int], dtype: str = "DT_FLOAT") -> dict[str, Any]:
@@ -66,7 +65,7 @@ async def model_metadata(
         "outputs": {spec.output_name: _tensor_info(spec.output_name, [-1, len(spec.classes)])},
         "method_name": "tensorflow/serving/predict",
     }
-    return _json(
+    return json_response(
         {
             "model_spec": {"name": name, "signature_name": "", "version": str(model.version)},
             "metadata": {"signature_def": {"signature_def": {SIGNATURE: signature}}},
@@ -147,7 +146,7 @@ async def predict(
         routing_key=request.headers.get("x-routing-key"),
     )
     proba = result.probabilities.tolist()
-    return _json({"predictions": proba} if row else {"outputs": proba})
+    return json_response({"predictions": proba} if row else {"outputs": proba})
 
 
 def _named(obj: Any, input_name: str) -> Any:
