@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -17,8 +18,18 @@ err_console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+RepoOpt = Annotated[
+    Path | None, typer.Option("--repo", help="Model repository (default: EODEPLOY_MODEL_REPO or ./models).")
+]
+
+
 def settings() -> Settings:
     return Settings()
+
+
+def repo_path(repo: Path | None) -> Path:
+    """The --repo option, else the configured model repository."""
+    return repo if repo is not None else settings().model_repo
 
 
 def handle_errors(fn: F) -> F:

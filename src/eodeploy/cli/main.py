@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from eodeploy.cli import data_cmd, models_cmd, optimize_cmd, predict_cmd, serve_cmd
-from eodeploy.cli._common import console, err_console, handle_errors, progress, settings
+from eodeploy.cli._common import RepoOpt, console, err_console, handle_errors, progress, repo_path, settings
 
 app = typer.Typer(
     help="Take a trained Earth-observation model from training to production.",
@@ -23,14 +23,6 @@ app.command("serve")(serve_cmd.serve)
 app.command("optimize")(optimize_cmd.optimize)
 app.command("benchmark")(optimize_cmd.benchmark)
 app.command("predict")(predict_cmd.predict)
-
-RepoOpt = Annotated[
-    Path | None, typer.Option("--repo", help="Model repository (default: EODEPLOY_MODEL_REPO or ./models).")
-]
-
-
-def _repo(repo: Path | None) -> Path:
-    return repo if repo is not None else settings().model_repo
 
 
 @app.command()
@@ -57,7 +49,7 @@ def evaluate(
     from eodeploy.runtime import Predictor
 
     cfg = settings()
-    pkg = open_package(package or cfg.default_model, _repo(repo))
+    pkg = open_package(package or cfg.default_model, repo_path(repo))
     predictor = Predictor(pkg)
     data_dir = data or cfg.data_dir
     with err_console.status(f"reading {data_dir}"):
@@ -126,7 +118,9 @@ def train(
         def on_epoch(epoch: int, row: dict[str, float]) -> None:
             bar.update(task, completed=epoch, info=f"val acc {row['val_acc']:.3f} loss {row['val_loss']:.3f}")
 
-        pkg = train_package(data_dir, ModelRepository(_repo(repo)), name, config, seed, on_epoch, cv_result)
+        pkg = train_package(
+            data_dir, ModelRepository(repo_path(repo)), name, config, seed, on_epoch, cv_result
+        )
         bar.update(task, completed=epochs)
     m = pkg.properties["eodeploy:metrics"]
     console.print(
@@ -190,7 +184,7 @@ def import_(
         derived_from=_ref(derived_from),
     )
     with err_console.status(f"converting {path}"):
-        pkg = import_model(path, name, ModelRepository(_repo(repo)), opts)
+        pkg = import_model(path, name, ModelRepository(repo_path(repo)), opts)
     conv = pkg.properties["eodeploy:conversion"]
     console.print(
         f"imported {conv['source_format']} model as [bold]{pkg.name}[/] v{pkg.version} ({pkg.spec.layout}); "
@@ -245,7 +239,7 @@ def export(
     from eodeploy.package import open_package
     from eodeploy.package.export import export_triton
 
-    pkg = open_package(package, _repo(repo))
+    pkg = open_package(package, repo_path(repo))
     if format == "triton":
         folder = export_triton(pkg, out or Path("triton-models"), max_batch_size=max_batch_size)
         console.print(f"wrote Triton model {folder}")

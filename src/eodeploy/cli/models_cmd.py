@@ -3,31 +3,22 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from eodeploy.cli._common import console, handle_errors, settings
+from eodeploy.cli._common import RepoOpt, console, handle_errors, repo_path, settings
+from eodeploy.package import ModelRepository
 
 app = typer.Typer(help="List, inspect, validate and remove model versions.", no_args_is_help=True)
-RepoOpt = Annotated[
-    Path | None, typer.Option("--repo", help="Model repository (default: EODEPLOY_MODEL_REPO or ./models).")
-]
-
-
-def _repo(repo: Path | None):  # type: ignore[no-untyped-def]
-    from eodeploy.package import ModelRepository
-
-    return ModelRepository(repo if repo is not None else settings().model_repo)
 
 
 @app.command("list")
 @handle_errors
 def list_(repo: RepoOpt = None) -> None:
     """Every model and version in the repository."""
-    r = _repo(repo)
+    r = ModelRepository(repo_path(repo))
     table = Table(title=f"models in {r.root}")
     for col in ("name", "version", "bands", "classes", "framework", "test accuracy", "size"):
         table.add_column(col)
@@ -51,7 +42,7 @@ def show(
     """The package's item.json (summary, or --raw for all of it)."""
     from eodeploy.package import open_package
 
-    pkg = open_package(ref, _repo(repo).root)
+    pkg = open_package(ref, ModelRepository(repo_path(repo)).root)
     if raw:
         console.print_json(json.dumps(pkg.item))
         return
@@ -82,7 +73,7 @@ def validate(
     """Check item.json against the STAC MLM schema and model.onnx against its sha256."""
     from eodeploy.package import open_package, validate_item
 
-    pkg = open_package(ref, _repo(repo).root)
+    pkg = open_package(ref, ModelRepository(repo_path(repo)).root)
     validate_item(pkg.item)
     pkg.verify()
     console.print(
@@ -94,7 +85,7 @@ def validate(
 @handle_errors
 def remove(name: str, version: int, repo: RepoOpt = None) -> None:
     """Remove one version (atomically: readers never see it half-deleted)."""
-    _repo(repo).remove(name, version)
+    ModelRepository(repo_path(repo)).remove(name, version)
     console.print(f"removed {name} v{version}")
 
 
@@ -117,7 +108,7 @@ def route(
     from eodeploy.errors import ModelNotFoundError
     from eodeploy.serve.policy import ServingConfig, VersionPolicy
 
-    r = _repo(repo)
+    r = ModelRepository(repo_path(repo))
     versions = r.versions(name)
     if not versions:
         raise ModelNotFoundError(f"no model named {name!r} in {r.root}")

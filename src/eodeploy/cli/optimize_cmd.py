@@ -9,15 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from eodeploy.cli._common import console, handle_errors, progress, settings
-
-RepoOpt = Annotated[
-    Path | None, typer.Option("--repo", help="Model repository (default: EODEPLOY_MODEL_REPO or ./models).")
-]
-
-
-def _repo(repo: Path | None) -> Path:
-    return repo if repo is not None else settings().model_repo
+from eodeploy.cli._common import RepoOpt, console, handle_errors, progress, repo_path, settings
 
 
 @handle_errors
@@ -48,7 +40,7 @@ def optimize(
     chosen = [m for m, on in (("int8", int8), ("fp16", fp16), ("prune", prune is not None)) if on]
     if len(chosen) != 1:
         raise EodeployError("choose exactly one of --int8, --fp16, --prune RATE")
-    pkg = open_package(package, _repo(repo))
+    pkg = open_package(package, repo_path(repo))
     data = (
         calibration
         if calibration is not None
@@ -93,7 +85,7 @@ def benchmark(
     from eodeploy.runtime.backends import check_backend
     from eodeploy.runtime.predictor import Predictor
 
-    pkg = open_package(package, _repo(repo))
+    pkg = open_package(package, repo_path(repo))
     data = data if data is not None else (settings().data_dir if settings().data_dir.is_dir() else None)
     rows = []
     for name in backend or ["onnxruntime"]:

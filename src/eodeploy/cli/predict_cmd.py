@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from eodeploy.cli._common import console, err_console, handle_errors, settings
+from eodeploy.cli._common import RepoOpt, console, err_console, handle_errors, repo_path
 
 
 @handle_errors
@@ -40,7 +40,7 @@ def predict(
     workers: Annotated[
         int, typer.Option(help="Local Dask workers when several inputs and no --scheduler.")
     ] = 0,
-    repo: Annotated[Path | None, typer.Option("--repo", help="Model repository.")] = None,
+    repo: RepoOpt = None,
 ) -> None:
     """Classify whole scenes: class-map and confidence COGs, polygons, per-class hectares, a STAC Item."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -48,7 +48,7 @@ def predict(
     from eodeploy.geo import predict_scene
     from eodeploy.package import open_package
 
-    pkg = open_package(package, repo if repo is not None else settings().model_repo)
+    pkg = open_package(package, repo_path(repo))
     options = {"stride": stride, "overwrite": overwrite, "polygons": polygons, "mmu_ha": mmu, "mask": mask,
                "band_names": bands.split(",") if bands else None, "offset": offset}  # fmt: skip
     if len(inputs) > 1 and (scheduler or workers):
