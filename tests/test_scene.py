@@ -421,3 +421,34 @@ def test_stac_item_from_an_http_api(repo: ModelRepository, tmp_path: Path) -> No
     np.testing.assert_array_equal(
         read(tmp_path / "out" / "classes.tif"), read(tmp_path / "out2" / "classes.tif")
     )
+
+
+def test_cloud_band_inside_the_file_and_crop_to_an_area(repo: ModelRepository, tmp_path: Path) -> None:
+    """A cloud-probability band described in the file masks clouds by itself; ``aoi`` classifies
+    only a window around the area, identical to the same pixels of the whole-scene map."""
+    from pyproj import Transformer
+    from shapely.geometry import box
+
+    arr = scene_array(160, 256)
+    prob = np.zeros((1, 160, 256), np.uint16)
+    prob[0, :, 200:] = 90  # cloudy right edge
+    path = write_scene(
+        tmp_path / "s.tif", np.concatenate([arr, prob]), names=[*BANDS, "probability"], nodata=None
+    )
+    whole = predict_scene(repo.get("tiny"), path, tmp_path / "whole", polygons=False)
+    assert whole["input"]["cloud_mask"] == "band 14 (probability)"
+    assert whole["cloud_ha"] == pytest.approx(160 * 56 * 100 / 1e4, rel=0.01)
+    t = Transformer.from_crs("EPSG:32633", "EPSG:4326", always_xy=True)
+    x0, y0 = t.transform(500000 + 1500, 5000000 - 1000)
+    x1, y1 = t.transform(500000 + 1700, 5000000 - 600)
+    part = predict_scene(repo.get("tiny"), path, tmp_path / "part", polygons=False, aoi=box(x0, y0, x1, y1))
+    win = part["input"]["window"]
+    assert part["size_px"][0] < 256 and win["col_off"] > 0
+    full, cropped = read(tmp_path / "whole" / "classes.tif"), read(tmp_path / "part" / "classes.tif")
+    h, w = cropped.shape
+    inner = (slice(64, h - 64), slice(64, w - 64))  # away from the crop's own edges
+    window = full[win["row_off"] : win["row_off"] + h, win["col_off"] : win["col_off"] + w]
+    assert (cropped[inner] == window[inner]).mean() > 0.99
+    far = box(100, 10, 100.01, 10.01)
+    with pytest.raises(DataError, match="outside the scene"):
+        predict_scene(repo.get("tiny"), path, tmp_path / "far", aoi=far)

@@ -32,6 +32,18 @@ class OutputExistsError(DataError):
     """The output folder exists and --overwrite was not given."""
 
 
+class OutsideSceneError(DataError):
+    """The area of interest does not overlap the scene."""
+
+
+def geometry_bounds(geometry: Any, crs: Any) -> tuple[float, float, float, float]:
+    """Bounds in ``crs`` of a WGS84 shapely geometry (densified, so curved edges are covered)."""
+    from pyproj import Transformer
+
+    t = Transformer.from_crs("EPSG:4326", crs, always_xy=True)
+    return t.transform_bounds(*geometry.bounds, densify_pts=21)  # type: ignore[no-any-return]
+
+
 def predict_scene(
     package: ModelPackage | Predictor,
     source: str | Path | list[str | Path],
@@ -46,8 +58,9 @@ def predict_scene(
     offset: float | None = None,
     on_progress: Callable[[float], None] | None = None,
     intra_op_threads: int | None = None,
+    aoi: Any = None,
 ) -> dict[str, Any]:
-    """Classify ``source`` and write classes/confidence COGs, polygons, stats.json and item.json
+    """Classify ``source`` (only around ``aoi``, a shapely geometry in WGS84, when given) and write classes/confidence COGs, polygons, stats.json and item.json
     to ``out``. Outputs are built in a hidden sibling folder and renamed into place at the end,
     so an interrupted or failed run never leaves a folder that looks complete."""
     from rasterio._env import del_gdal_config, get_gdal_config, set_gdal_config
@@ -63,7 +76,7 @@ def predict_scene(
         return _predict_scene(
             package, source, Path(out), stride=stride, overwrite=overwrite, polygons=polygons, mmu_ha=mmu_ha,
             mask=mask, band_names=band_names, offset=offset, on_progress=on_progress,
-            intra_op_threads=intra_op_threads,
+            intra_op_threads=intra_op_threads, aoi=aoi,
         )  # fmt: skip
     finally:
         for key, value in (("GDAL_CACHEMAX", previous), ("GDAL_DISABLE_READDIR_ON_OPEN", readdir)):
@@ -90,6 +103,7 @@ def _predict_scene(
     offset: float | None,
     on_progress: Callable[[float], None] | None,
     intra_op_threads: int | None,
+    aoi: Any,
 ) -> dict[str, Any]:
     # Idle ONNX Runtime threads must not spin: the reader and writer threads need those cores.
     predictor = (
@@ -107,6 +121,13 @@ def _predict_scene(
         raise OutputExistsError(f"output folder {out} exists; choose another --out or pass --overwrite")
     scene = open_scene(source, spec.bands, band_names=band_names, mask=mask, offset=offset)
     stride = stride or default_stride(spec.height)
+    if aoi is not None:
+        full = scene
+        try:
+            scene = full.crop(geometry_bounds(aoi, full.crs), pad=spec.height, align=stride)
+        except DataError as exc:
+            raise OutsideSceneError(f"{source}: {exc}") from exc
+        scene.provenance["window"] = {"row_off": scene.row_off, "col_off": scene.col_off}
     out.parent.mkdir(parents=True, exist_ok=True)
     work = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
     work.mkdir()

@@ -27,6 +27,13 @@ _BAND = re.compile(r"(?:^|[^A-Za-z0-9])B(\d{1,2}|8A)(?:[^A-Za-z0-9]|$)", re.I)
 #: Scene classification (SCL) values that are not clear ground: no data, saturated, cloud shadow,
 #: cloud medium/high probability, thin cirrus.
 SCL_INVALID = (0, 1, 3, 8, 9, 10)
+#: s2cloudless / L2A cloud probability (0-100) at or above which a pixel counts as cloud.
+CLOUD_PROBABILITY = 40.0
+#: QA60 bits: 10 opaque clouds, 11 cirrus.
+QA60_CLOUD = (1 << 10) | (1 << 11)
+#: Band descriptions recognised as a cloud layer inside a multi-band file, and how to read them.
+MASK_BANDS = {"scl": "scl", "qa60": "qa60", "probability": "probability", "cloud_probability": "probability",
+              "cld": "probability", "msk_cldprb": "probability", "cloud_mask": "binary"}  # fmt: skip
 
 
 def normalize_band(name: str) -> str | None:
@@ -59,9 +66,38 @@ class Scene:
     width: int
     height: int
     mask_path: str | None = None
-    mask_is_scl: bool = False
+    #: How the mask layer reads: "scl", "binary" (> 0), "probability" (>= CLOUD_PROBABILITY), "qa60".
+    mask_kind: str = "binary"
+    mask_index: int = 1
     provenance: dict[str, Any] = field(default_factory=dict)
+    #: Pixel offset of this scene's grid in the files' grid (a scene cropped to an area).
+    row_off: int = 0
+    col_off: int = 0
     _open: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def crop(self, bounds: tuple[float, float, float, float], pad: int = 0, align: int = 1) -> Scene:
+        """The part of this scene inside ``bounds`` (scene CRS), grown by ``pad`` pixels, starting on
+        a multiple of ``align`` pixels (the window stride: windows then fall where they would on
+        the whole scene, so the map is the same); a ``DataError`` when they do not overlap."""
+        from rasterio.transform import rowcol
+        from rasterio.windows import Window
+
+        x0, y0, x1, y1 = bounds
+        rows, cols = rowcol(self.transform, [x0, x1, x0, x1], [y0, y0, y1, y1], op=float)
+        r0 = max(int(np.floor(min(rows))) - pad, 0) // align * align
+        c0 = max(int(np.floor(min(cols))) - pad, 0) // align * align
+        r1 = min(int(np.ceil(max(rows))) + pad, self.height)
+        c1 = min(int(np.ceil(max(cols))) + pad, self.width)
+        if r1 <= r0 or c1 <= c0:
+            raise DataError("the area lies outside the scene; choose a scene that covers it")
+        win = Window(c0, r0, c1 - c0, r1 - r0)
+        from rasterio.windows import transform as window_transform
+
+        return Scene(
+            self.bands, self.order, self.crs, window_transform(win, self.transform), c1 - c0, r1 - r0,
+            self.mask_path, self.mask_kind, self.mask_index, dict(self.provenance),
+            self.row_off + r0, self.col_off + c0,
+        )  # fmt: skip
 
     def _dataset(self, path: str) -> Any:
         import rasterio
@@ -70,17 +106,15 @@ class Scene:
 
         if path not in self._open:
             src = rasterio.open(path)
-            if (src.crs, src.transform, src.width, src.height) == (
-                self.crs,
-                self.transform,
-                self.width,
-                self.height,
-            ):
+            # The files' own grid: this scene's grid before any crop.
+            full = self.transform * self.transform.translation(-self.col_off, -self.row_off)
+            full_w, full_h = self.width + self.col_off, self.height + self.row_off
+            if (src.crs, src.transform) == (self.crs, full) and src.width >= full_w and src.height >= full_h:
                 self._open[path] = src
             else:  # a 20/60 m band or the cloud mask: resampled onto the reference grid
                 nearest = path == self.mask_path
                 self._open[path] = WarpedVRT(
-                    src, crs=self.crs, transform=self.transform, width=self.width, height=self.height,
+                    src, crs=self.crs, transform=full, width=full_w, height=full_h,
                     resampling=Resampling.nearest if nearest else Resampling.bilinear,
                 )  # fmt: skip
         return self._open[path]
@@ -89,7 +123,7 @@ class Scene:
         """(bands, h, w) float32 raw values in model order, ``nodata`` mask and ``cloud`` mask."""
         from rasterio.windows import Window
 
-        win = Window(col, row, width, height)
+        win = Window(col + self.col_off, row + self.row_off, width, height)
         out = np.empty((len(self.order), height, width), np.float32)
         nodata = np.zeros((height, width), bool)
         by_file: dict[str, list[int]] = {}
@@ -112,8 +146,15 @@ class Scene:
                     np.maximum(out[i], 0, out=out[i])
         cloud = np.zeros((height, width), bool)
         if self.mask_path:
-            m = self._dataset(self.mask_path).read(1, window=win)
-            cloud = np.isin(m, SCL_INVALID) if self.mask_is_scl else m > 0
+            m = self._dataset(self.mask_path).read(self.mask_index, window=win)
+            if self.mask_kind == "scl":
+                cloud = np.isin(m, SCL_INVALID)
+            elif self.mask_kind == "probability":
+                cloud = m >= CLOUD_PROBABILITY
+            elif self.mask_kind == "qa60":
+                cloud = (np.nan_to_num(m).astype(np.int64) & QA60_CLOUD) > 0
+            else:
+                cloud = m > 0
             cloud &= ~nodata
         return out, nodata, cloud
 
@@ -155,17 +196,21 @@ def open_scene(
     model_bands: list[str],
     band_names: list[str] | None = None,
     mask: str | Path | None = None,
-    mask_is_scl: bool | None = None,
     offset: float | None = None,
 ) -> Scene:
-    """Open a GeoTIFF, a folder or list of band files, or a STAC Item JSON as a ``Scene``."""
+    """Open a GeoTIFF, a folder or list of band files, or a STAC Item JSON as a ``Scene``.
+
+    Clouds: ``mask`` (an SCL file, or a 0/1 mask), else an SCL band file or asset, else a cloud
+    band inside a multi-band file (described SCL, QA60 or probability/s2cloudless)."""
     refs: dict[str, BandRef] = {}
     prov: dict[str, Any] = {}
     paths: list[Path]
-    if mask is not None and mask_is_scl is None:  # a scene classification layer, or a 0/1 cloud mask
-        mask_is_scl = "scl" in Path(mask).name.lower()
+    mask_kind = "binary"
+    if mask is not None:  # a scene classification layer, or a 0/1 cloud mask
+        mask_kind = "scl" if "scl" in Path(mask).name.lower() else "binary"
+    mask_index = 1
     if isinstance(source, str) and source.startswith(("http://", "https://")):
-        return _open_stac(source, model_bands, mask, mask_is_scl, offset)  # an item from a STAC API
+        return _open_stac(source, model_bands, mask, mask_kind, offset)  # an item from a STAC API
     if isinstance(source, list):
         paths = [Path(p) for p in source]
     else:
@@ -173,7 +218,7 @@ def open_scene(
         if not src.exists():
             raise DataError(f"{src}: no such file or folder")
         if src.suffix.lower() == ".json":
-            return _open_stac(src, model_bands, mask, mask_is_scl, offset)
+            return _open_stac(src, model_bands, mask, mask_kind, offset)
         paths = (
             sorted(p for p in src.iterdir() if p.suffix.lower() in (".tif", ".tiff", ".jp2"))
             if src.is_dir()
@@ -182,25 +227,28 @@ def open_scene(
     if not paths:
         raise DataError(f"{source}: holds no GeoTIFF/JP2 band files")
     if len(paths) == 1 and _open_checked(paths[0]).count > 1:
-        refs, prov = _multiband(paths[0], model_bands, band_names, offset)
+        refs, prov, cloud_band = _multiband(paths[0], model_bands, band_names, offset)
+        if mask is None and cloud_band is not None:
+            mask, mask_index, mask_kind = str(paths[0]), cloud_band[0], cloud_band[1]
+            prov["cloud_mask"] = f"band {mask_index} ({mask_kind})"
     else:
         for p in paths:
             stem = normalize_band(p.stem)
             if stem is None:
                 if re.search(r"scl|cloud|mask", p.stem, re.I) and mask is None:
-                    mask, mask_is_scl = p, bool(re.search("scl", p.stem, re.I))
+                    mask, mask_kind = p, "scl" if re.search("scl", p.stem, re.I) else "binary"
                 continue
             with _open_checked(p) as ds:
                 refs[stem] = BandRef(
                     str(p), 1, offset if offset is not None else _baseline_offset(ds.tags(), 0.0)
                 )
         prov = {"inputs": [str(p) for p in paths], "layout": "one file per band"}
-    return _build(refs, model_bands, prov, mask, mask_is_scl)
+    return _build(refs, model_bands, prov, mask, mask_kind, mask_index)
 
 
 def _multiband(
     path: Path, model_bands: list[str], band_names: list[str] | None, offset: float | None
-) -> tuple[dict[str, BandRef], dict[str, Any]]:
+) -> tuple[dict[str, BandRef], dict[str, Any], tuple[int, str] | None]:
     with _open_checked(path) as ds:
         names = band_names or [normalize_band(d) if d else None for d in ds.descriptions]
         how = "given" if band_names else "band descriptions"
@@ -214,8 +262,12 @@ def _multiband(
                 )
             names, how = list(model_bands), "assumed to be the model's order (the file names no bands)"
         off = offset if offset is not None else _baseline_offset(ds.tags(), 0.0)
+        found = [(i + 1, MASK_BANDS[d.strip().lower()]) for i, d in enumerate(ds.descriptions)
+                 if d and d.strip().lower() in MASK_BANDS]  # fmt: skip
+        # The finest layer wins: SCL (20 m) or cloud probability over QA60's 60 m bitmask.
+        cloud = min(found, key=lambda f: ["scl", "probability", "binary", "qa60"].index(f[1]), default=None)
     refs = {n: BandRef(str(path), i + 1, off) for i, n in enumerate(names) if n}
-    return refs, {"inputs": [str(path)], "layout": "multi-band file", "band_names": how}
+    return refs, {"inputs": [str(path)], "layout": "multi-band file", "band_names": how}, cloud
 
 
 def _read_item(where: Path | str) -> dict[str, Any]:
@@ -228,7 +280,7 @@ def _read_item(where: Path | str) -> dict[str, Any]:
 
 
 def _open_stac(
-    item_path: Path | str, model_bands: list[str], mask: Any, mask_is_scl: bool | None, offset: float | None
+    item_path: Path | str, model_bands: list[str], mask: Any, mask_kind: str, offset: float | None
 ) -> Scene:
     """A STAC Item from a file or a URL (a STAC API's /collections/C/items/ID); assets are read
     where they are: local paths, or http(s) URLs through GDAL's /vsicurl/ range requests."""
@@ -253,7 +305,7 @@ def _open_stac(
         bands = asset.get("eo:bands") or asset.get("bands") or [{}]
         name = normalize_band(bands[0].get("name", "") or "") or normalize_band(key)
         if key.lower() == "scl" and mask is None:
-            mask, mask_is_scl = path, True
+            mask, mask_kind = path, "scl"
             continue
         if name is None:
             continue
@@ -271,7 +323,7 @@ def _open_stac(
         "stac_id": item.get("id"),
         "datetime": props.get("datetime"),
     }
-    return _build(refs, model_bands, prov, mask, mask_is_scl)
+    return _build(refs, model_bands, prov, mask, mask_kind)
 
 
 def _build(
@@ -279,7 +331,8 @@ def _build(
     model_bands: list[str],
     prov: dict[str, Any],
     mask: Any,
-    mask_is_scl: bool | None,
+    mask_kind: str,
+    mask_index: int = 1,
 ) -> Scene:
     missing = [b for b in model_bands if b not in refs]
     if missing:
@@ -300,5 +353,5 @@ def _build(
     prov["offsets"] = {b: refs[b].offset for b in model_bands if refs[b].offset}
     return Scene(
         {b: refs[b] for b in model_bands}, list(model_bands), crs, transform, width, height,
-        str(mask) if mask else None, bool(mask_is_scl), prov,
+        str(mask) if mask else None, mask_kind, mask_index, prov,
     )  # fmt: skip
