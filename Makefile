@@ -3,7 +3,8 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 DATA ?= ../shared/data/eurosat
-SCENE ?= ../shared/data/sentinel2/lahinch_IE_s2l1c_2017-09-18.tif
+S2DIR ?= ../shared/data/sentinel2
+SCENE ?= $(S2DIR)/lahinch_IE_s2l1c_2017-09-18.tif
 
 .PHONY: run test lint bench install install-dev clean
 
@@ -15,14 +16,20 @@ install: $(BIN)/python
 	$(BIN)/pip install -q -e .
 
 install-dev: $(BIN)/python
-	$(BIN)/pip install -q -e '.[train,keras,serve,openvino,litert,dask,dev]'
+	$(BIN)/pip install -q -e '.[train,keras,serve,openvino,litert,dask,postgres,dev]'
 
 # Main job on embedded defaults: the bundled model evaluated on the held-out split of the shared
-# EuroSAT data, then a real 13-band Sentinel-2 scene turned into a map with per-class hectares.
+# EuroSAT data, then a real 13-band Sentinel-2 scene turned into a map with per-class hectares,
+# then a monitoring pass over an area in the five-date Lahinch series (results in ./eodeploy.db).
 run: install
 	$(BIN)/eodeploy models list
 	$(BIN)/eodeploy evaluate eurosat-cnn $(DATA) --split test --no-save --plot confusion_test.png
 	$(BIN)/eodeploy predict eurosat-cnn $(SCENE) --out predictions/lahinch --overwrite
+	$(BIN)/eodeploy monitor add lahinch --geometry src/eodeploy/monitor/examples/lahinch.geojson \
+		--class Pasture --folder $(S2DIR) --pattern 'lahinch_*.tif' --threshold-ha 5 --alert-on loss
+	$(BIN)/eodeploy monitor run --area lahinch
+	$(BIN)/eodeploy monitor series lahinch --plot monitoring/lahinch-series.png
+	$(BIN)/eodeploy monitor alerts
 
 # All tests, with every optional stack required (a missing one fails instead of skipping).
 test: install-dev

@@ -42,6 +42,8 @@ def live_server(repo: Path, log: Path, **env: str) -> Iterator[LiveServer]:
         "EODEPLOY_PORT": str(port),
         "EODEPLOY_GRPC_PORT": str(grpc_port),
         "EODEPLOY_INTRA_OP_THREADS": "1",
+        "EODEPLOY_DATABASE_URL": f"sqlite:///{log.parent / 'monitor.db'}",
+        "EODEPLOY_MONITOR_DIR": str(log.parent / "monitoring"),
         **env,
     }
     with open(log, "wb") as fh:

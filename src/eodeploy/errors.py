@@ -61,3 +61,15 @@ class ModelNotReadyError(EodeployError, RuntimeError):
 
 class PayloadTooLargeError(EodeployError, ValueError):
     """A request body or tensor above the configured limits."""
+
+
+class NotFoundError(EodeployError, LookupError):
+    """A monitored area, alert or run that does not exist."""
+
+
+class ConflictError(EodeployError, ValueError):
+    """A request that clashes with what is stored (a name taken, history that would be lost)."""
+
+
+class DatabaseUnavailableError(EodeployError, RuntimeError):
+    """The results database cannot be reached; nothing was written."""

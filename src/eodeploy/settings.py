@@ -53,3 +53,27 @@ class Settings(BaseSettings):
     max_request_patches: int = 1024
     #: JSON access logs (one line per request, with its request id).
     log_json: bool = True
+
+    # --- Monitoring (eodeploy monitor) ---
+    #: Results database: a SQLite file by default, PostgreSQL in production
+    #: (postgresql+psycopg://user@host:5432/db).
+    database_url: str = "sqlite:///eodeploy.db"
+    #: Serve the monitoring REST endpoints (/monitor/...) from the inference server.
+    monitor_api: bool = True
+    #: Where each observation's maps (COGs, polygons, preview) are kept.
+    monitor_dir: Path = Path("monitoring")
+    #: Connecting to the database: attempts and the first back-off (doubled each time).
+    db_connect_attempts: int = 3
+    db_retry_backoff_s: float = 1.0
+    #: Alert webhooks: per-request timeout, attempts per run and first back-off (doubled each time).
+    webhook_timeout_s: float = 5.0
+    webhook_attempts: int = 3
+    webhook_backoff_s: float = 0.5
+    #: Alert e-mail (SMTP). No host: e-mail deliveries wait, recorded as failed, until one is set.
+    smtp_host: str | None = None
+    smtp_port: int = 25
+    smtp_user: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_from: str = "eodeploy@localhost"
+    smtp_starttls: bool = False
+    smtp_timeout_s: float = 10.0

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from eodeploy.cli import data_cmd, models_cmd, optimize_cmd, predict_cmd, serve_cmd
+from eodeploy.cli import data_cmd, models_cmd, monitor_cmd, optimize_cmd, predict_cmd, serve_cmd
 from eodeploy.cli._common import RepoOpt, console, err_console, handle_errors, progress, repo_path, settings
 
 app = typer.Typer(
@@ -19,6 +19,7 @@ app = typer.Typer(
 )
 app.add_typer(models_cmd.app, name="models")
 app.add_typer(data_cmd.app, name="data")
+app.add_typer(monitor_cmd.app, name="monitor")
 app.command("serve")(serve_cmd.serve)
 app.command("optimize")(optimize_cmd.optimize)
 app.command("benchmark")(optimize_cmd.benchmark)
@@ -276,3 +277,7 @@ def info() -> None:
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

@@ -56,6 +56,8 @@ def create_app(settings: Settings | None = None, grpc: bool = True) -> FastAPI:
             if grpc_server is not None:
                 await grpc_server.stop(grace=5)
             await state.registry.stop()
+            if getattr(state, "monitor_db", None) is not None:
+                state.monitor_db.dispose()
 
     app = FastAPI(
         title="eodeploy inference server",
@@ -63,7 +65,8 @@ def create_app(settings: Settings | None = None, grpc: bool = True) -> FastAPI:
         description=(
             "Serves the model repository over TensorFlow Serving REST, the Open Inference Protocol v2 "
             "(REST; gRPC on its own port) and a simple upload endpoint. Inputs are raw band values; "
-            "each model package's own preprocessing is applied on the server."
+            "each model package's own preprocessing is applied on the server. Monitoring results "
+            "(areas of interest, runs, time series, alerts) are under /monitor."
         ),
         lifespan=lifespan,
     )
@@ -85,6 +88,10 @@ def create_app(settings: Settings | None = None, grpc: bool = True) -> FastAPI:
     app.include_router(upload.router)
     app.include_router(tfserving.router)
     app.include_router(oip_rest.router)
+    if settings.monitor_api:
+        from eodeploy.monitor.api import router as monitor_router
+
+        app.include_router(monitor_router)
 
     @app.get("/metrics", tags=["Operations"], summary="Prometheus metrics")
     async def prometheus_metrics(request: Request) -> Response:

@@ -14,12 +14,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from eodeploy.errors import (
+    ConflictError,
+    DatabaseUnavailableError,
     DataError,
     EodeployError,
     InferenceTimeoutError,
     InvalidInputError,
     ModelNotFoundError,
     ModelNotReadyError,
+    NotFoundError,
     PackageIntegrityError,
     PackageSpecError,
     PayloadTooLargeError,
@@ -30,6 +33,9 @@ log = logging.getLogger("eodeploy.serve")
 
 STATUS: list[tuple[type[EodeployError], int]] = [
     (ModelNotFoundError, 404),
+    (NotFoundError, 404),
+    (ConflictError, 409),
+    (DatabaseUnavailableError, 503),
     (ModelNotReadyError, 503),
     (ServerBusyError, 503),
     (InferenceTimeoutError, 504),

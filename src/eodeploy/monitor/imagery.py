@@ -1,0 +1,162 @@
+"""Imagery sources for an area: a watched folder, a fixed list of files, or a STAC API search.
+
+Each yields ``Candidate`` scenes (a stable id, an acquisition time, what ``predict_scene`` reads)
+that cover the area and were acquired up to the run's date.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from eodeploy.errors import DataError
+
+_DATE = re.compile(r"(?<!\d)(\d{4})-?(\d{2})-?(\d{2})(?:[T_-]?(\d{2}):?(\d{2}):?(\d{2}))?(?!\d)")
+
+
+@dataclass
+class Candidate:
+    scene_id: str
+    datetime: datetime  # naive UTC
+    source: str  # a path or URL that predict_scene reads
+    covers: bool = True  # the scene's footprint touches the area
+    cloud_cover: float | None = None  # whole-scene cloud cover (%), when the source says
+
+
+def _from_name(name: str) -> datetime | None:
+    for m in _DATE.finditer(name):
+        y, mo, d, hh, mm, ss = (int(g) if g else 0 for g in m.groups())
+        try:
+            if 1970 <= y <= 2200:
+                return datetime(y, mo, d, hh, mm, ss)
+        except ValueError:
+            continue
+    return None
+
+
+def scene_datetime(path: Path) -> datetime:
+    """Acquisition time: from the file name (2017-09-18, 20240105T022101), else TIFF tags, else
+    the file's modification time."""
+    from datetime import UTC
+
+    t = _from_name(path.name)
+    if t:
+        return t
+    if path.suffix.lower() == ".json":
+        try:
+            return _parse_iso(json.loads(path.read_text())["properties"]["datetime"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    try:
+        import rasterio
+
+        with rasterio.open(path) as ds:
+            tags = ds.tags()
+        for key in ("ACQUISITION_DATE", "DATETIME", "datetime", "TIFFTAG_DATETIME", "SENSING_TIME"):
+            if key in tags:
+                t = (
+                    _from_name(tags[key].replace(":", "-", 2))
+                    if key == "TIFFTAG_DATETIME"
+                    else _from_name(tags[key])
+                )
+                if t:
+                    return t
+    except Exception:  # noqa: BLE001 - an unreadable file is reported when it is processed
+        pass
+    return datetime.fromtimestamp(path.stat().st_mtime, UTC).replace(tzinfo=None)
+
+
+def _parse_iso(value: str) -> datetime:
+    from eodeploy.monitor.areas import naive_utc
+
+    return naive_utc(datetime.fromisoformat(value.replace("Z", "+00:00")))
+
+
+def _covers(path: Path, geom: Any) -> bool:
+    """Whether a raster's (or STAC Item's) footprint touches the area; unreadable files say yes so
+    that processing reports them."""
+    from shapely.geometry import box, shape
+
+    try:
+        if path.suffix.lower() == ".json":
+            item = json.loads(path.read_text())
+            return bool(shape(item["geometry"]).intersects(geom))
+        import rasterio
+        from rasterio.warp import transform_bounds
+
+        with rasterio.open(path) as ds:
+            if ds.crs is None:
+                return True
+            return bool(
+                box(*transform_bounds(ds.crs, "EPSG:4326", *ds.bounds, densify_pts=21)).intersects(geom)
+            )
+    except Exception:  # noqa: BLE001
+        return True
+
+
+def _file_candidates(paths: list[Path], geom: Any) -> list[Candidate]:
+    return [Candidate(p.name, scene_datetime(p), str(p), _covers(p, geom)) for p in paths]
+
+
+def list_scenes(source: dict[str, Any], geom: Any, as_of: datetime, cache_dir: Path) -> list[Candidate]:
+    """Scenes of ``source`` acquired up to ``as_of`` (naive UTC), oldest first."""
+    kind = source.get("type")
+    if kind == "folder":
+        folder = Path(source["path"])
+        if not folder.is_dir():
+            raise DataError(f"watched folder {folder} does not exist (moved or unmounted?)")
+        paths = sorted(p for p in folder.glob(source.get("pattern", "*.tif")) if p.is_file())
+        found = _file_candidates(paths, geom)
+    elif kind == "files":
+        paths = [Path(p) for p in source["paths"]]
+        missing = [str(p) for p in paths if not p.exists()]
+        if missing:
+            raise DataError(f"scene file(s) not found: {', '.join(missing)}")
+        found = _file_candidates(paths, geom)
+    elif kind == "stac":
+        found = _stac_candidates(source, geom, as_of, cache_dir)
+    else:
+        raise DataError(f"unknown imagery source type {kind!r}; use folder, files or stac")
+    return sorted((c for c in found if c.datetime <= as_of), key=lambda c: (c.datetime, c.scene_id))
+
+
+def _stac_candidates(source: dict[str, Any], geom: Any, as_of: datetime, cache_dir: Path) -> list[Candidate]:
+    """A STAC API item search over the area and the date window, cloud cover filtered."""
+    import shapely
+    from pystac_client import Client
+    from pystac_client.exceptions import APIError
+
+    start = as_of - timedelta(days=int(source.get("days", 10)))
+    max_cloud = float(source.get("max_cloud", 100))
+    try:
+        client = Client.open(source["url"], timeout=30)
+        search = client.search(
+            collections=source.get("collections"),
+            intersects=shapely.geometry.mapping(geom),
+            datetime=f"{start.isoformat()}Z/{as_of.isoformat()}Z",
+            query={"eo:cloud_cover": {"lte": max_cloud}},
+            max_items=int(source.get("max_items", 50)),
+        )
+        items = list(search.items())
+    except (APIError, OSError, ValueError) as exc:
+        raise DataError(
+            f"STAC search at {source['url']} failed ({exc}); check the URL and collection"
+        ) from exc
+    out = []
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    for item in items:
+        cc = item.properties.get("eo:cloud_cover")
+        if cc is not None and cc > max_cloud:  # APIs without the query extension ignore it
+            continue
+        href = item.get_self_href()
+        if not href:  # keep the item where predict_scene can read it
+            path = cache_dir / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', item.id)}.json"
+            path.write_text(json.dumps(item.to_dict()))
+            href = str(path)
+        when = item.datetime or _parse_iso(item.properties["start_datetime"])
+        out.append(Candidate(item.id, _parse_iso(when.isoformat()), href, True, cc))
+    return out

@@ -1,0 +1,111 @@
+"""Reading results back: an area's time series (table, JSON, chart), alerts and runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, selectinload
+
+from eodeploy.monitor.alerts import alert_dict
+from eodeploy.monitor.areas import _iso, get_area
+from eodeploy.monitor.db import Alert, Observation, Run
+
+
+def time_series(session: Session, name: str) -> dict[str, Any]:
+    """Every observation of the area, oldest first, with its changes and alert."""
+    area = get_area(session, name)
+    rows = session.scalars(
+        select(Observation)
+        .where(Observation.area_id == area.id)
+        .options(selectinload(Observation.alert))
+        .order_by(Observation.scene_datetime, Observation.model_version)
+    ).all()
+    return {
+        "area": area.name,
+        "target_class": area.target_class,
+        "area_ha": area.area_ha,
+        "thresholds": {"ha": area.threshold_ha, "pct": area.threshold_pct, "on": area.alert_on},
+        "observations": [
+            {
+                "id": o.id,
+                "datetime": _iso(o.scene_datetime),
+                "scene": o.scene_id,
+                "model_name": o.model_name,
+                "model_version": o.model_version,
+                "status": o.status,
+                "observed_share": o.observed_share,
+                "target_ha": o.target_ha,
+                "estimate_ha": o.estimate_ha,
+                "baseline_ha": o.baseline_ha,
+                "change_baseline_ha": o.change_baseline_ha,
+                "change_baseline_pct": o.change_baseline_pct,
+                "change_previous_ha": o.change_previous_ha,
+                "change_previous_pct": o.change_previous_pct,
+                "areas_ha": o.areas_ha,
+                "alert_id": o.alert.id if o.alert else None,
+                "outputs": o.outputs,
+            }
+            for o in rows
+        ],
+    }
+
+
+def plot_series(data: dict[str, Any], path: str | Path) -> Path:
+    """The target class over time: valid observations as a line, cloudy ones marked, alerts in red."""
+    from datetime import datetime
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    fig, ax = plt.subplots(figsize=(8, 4), dpi=120)
+    obs = data["observations"]
+    for version in sorted({o["model_version"] for o in obs}):
+        ok = [o for o in obs if o["status"] == "ok" and o["model_version"] == version]
+        ax.plot([datetime.fromisoformat(o["datetime"][:-1]) for o in ok], [o["estimate_ha"] for o in ok],
+                marker="o", label=f"{data['target_class']} (model v{version})")  # fmt: skip
+        alerts = [o for o in ok if o["alert_id"]]
+        ax.scatter([datetime.fromisoformat(o["datetime"][:-1]) for o in alerts], [o["estimate_ha"] for o in alerts],
+                   s=120, facecolors="none", edgecolors="red", linewidths=2, zorder=3,
+                   label="alert" if alerts else None)  # fmt: skip
+    cloudy = [o for o in obs if o["status"] == "cloudy"]
+    for o in cloudy:
+        ax.axvline(datetime.fromisoformat(o["datetime"][:-1]), color="0.7", linestyle=":", linewidth=1)
+    if cloudy:
+        ax.plot([], [], color="0.7", linestyle=":", label="too cloudy (skipped)")
+    ax.set_ylabel("hectares (cloud-filled estimate)")
+    ax.set_title(f"{data['area']}: {data['target_class']} in {data['area_ha']:.1f} ha")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def list_alerts(
+    session: Session, area: str | None = None, acknowledged: bool | None = None, limit: int = 200
+) -> list[dict[str, Any]]:
+    q = select(Alert).options(selectinload(Alert.deliveries)).order_by(Alert.id.desc()).limit(limit)
+    if area is not None:
+        q = q.where(Alert.area_id == get_area(session, area).id)
+    if acknowledged is not None:
+        q = q.where(Alert.acknowledged_at.is_not(None) if acknowledged else Alert.acknowledged_at.is_(None))
+    return [alert_dict(a) for a in session.scalars(q)]
+
+
+def run_dict(r: Run) -> dict[str, Any]:
+    return {
+        "id": r.id, "started_at": _iso(r.started_at), "finished_at": _iso(r.finished_at), "status": r.status,
+        "trigger": r.trigger, "as_of": _iso(r.as_of), "summary": r.summary, "error": r.error,
+    }  # fmt: skip
+
+
+def list_runs(session: Session, limit: int = 20) -> list[dict[str, Any]]:
+    return [run_dict(r) for r in session.scalars(select(Run).order_by(Run.id.desc()).limit(limit))]
