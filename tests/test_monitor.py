@@ -176,6 +176,94 @@ def test_a_crash_mid_run_leaves_nothing_partial_and_the_next_run_finishes(
     db.dispose()
 
 
+def test_gee_patch_export_folder_is_one_observation(
+    repo: ModelRepository, tmp_path: Path, db_url: str
+) -> None:
+    """A dated sub-folder of GEE-exported patches is mosaicked and measured like the whole scene."""
+    import rasterio
+    from rasterio.windows import Window, transform
+
+    folder = tmp_path / "inbox"
+    (folder / "export_2024-08-01").mkdir(parents=True)
+    whole = scene(tmp_path / "whole_2024-08-01.tif", 100, cloud_cols=20)
+    with rasterio.open(whole) as src:
+        profile = src.profile
+        for r in range(0, SIZE, 50):
+            for c in range(0, SIZE, 50):
+                win = Window(c, r, 50, 50)
+                profile.update(width=50, height=50, transform=transform(win, src.transform))
+                with rasterio.open(
+                    folder / "export_2024-08-01" / f"patch_{r}_{c}.tif", "w", **profile
+                ) as dst:
+                    dst.write(src.read(window=win))
+                    dst.descriptions = src.descriptions
+    cfg = settings(tmp_path, repo, db_url)
+    db = Database.from_settings(cfg)
+    with db.session() as s:
+        add_area(s, repo, spec(folder))
+        add_area(s, repo, spec(tmp_path, name="whole", source={"type": "files", "paths": [str(whole)]}))
+    report = run_monitoring(db, cfg)
+    assert report.stored == 2 and not report.failures, report.summary()
+    with db.session() as s:
+        (patches,) = time_series(s, "square")["observations"]
+        (ref,) = time_series(s, "whole")["observations"]
+    assert patches["scene"] == "export_2024-08-01"
+    assert patches["estimate_ha"] == pytest.approx(ref["estimate_ha"], rel=1e-6)
+    assert patches["observed_share"] == pytest.approx(ref["observed_share"], rel=1e-6)
+    assert patches["observed_share"] < 0.95  # the cloud band came through the mosaic
+    assert not (tmp_path / "monitoring" / ".mosaics").exists() or not any(
+        (tmp_path / "monitoring" / ".mosaics").iterdir()
+    )
+    db.dispose()
+
+
+def test_database_lost_mid_run_loses_nothing(repo: ModelRepository, tmp_path: Path, db_url: str) -> None:
+    """PostgreSQL refuses connections after the first scene: the run fails with a clear error,
+    what was stored stays, and the next run (database back) finishes the work."""
+    if not db_url.startswith("postgresql"):
+        pytest.skip("needs a server that can be taken away mid-run")
+    from sqlalchemy import create_engine, text
+
+    folder = tmp_path / "inbox"
+    folder.mkdir()
+    for i in range(3):
+        scene(folder / f"s2_2024-09-0{i + 1}.tif", 100, seed=i)
+    cfg = settings(tmp_path, repo, db_url)
+    db = Database.from_settings(cfg)
+    with db.session() as s:
+        add_area(s, repo, spec(folder))
+    name = db_url.rsplit("/", 1)[1]
+    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    scenes: list[str] = []
+
+    def take_database_away(kind: str, info: dict[str, Any]) -> None:
+        if kind == "scene":
+            scenes.append(info["scene"])
+            if len(scenes) == 2:
+                with admin.connect() as c:
+                    c.execute(text(f"ALTER DATABASE {name} ALLOW_CONNECTIONS false"))
+                    c.execute(
+                        text(
+                            f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+                        )
+                    )
+
+    try:
+        with pytest.raises(DatabaseUnavailableError, match="rolled back, nothing partial was stored"):
+            run_monitoring(db, cfg, on_event=take_database_away)
+    finally:
+        with admin.connect() as c:
+            c.execute(text(f"ALTER DATABASE {name} ALLOW_CONNECTIONS true"))
+        admin.dispose()
+    db.dispose()
+    db = Database.from_settings(cfg)
+    with db.session() as s:
+        assert len(time_series(s, "square")["observations"]) == 1
+    report = run_monitoring(db, cfg, force=True)
+    assert (report.stored, report.already) == (2, 1)
+    db.dispose()
+
+
 class _Receiver(http.server.BaseHTTPRequestHandler):
     """A real webhook endpoint: fails the first ``fail`` requests with 500, or sleeps ``delay``."""
 

@@ -1,4 +1,5 @@
-"""Imagery sources for an area: a watched folder, a fixed list of files, or a STAC API search.
+"""Imagery sources for an area: a watched folder (scenes, or dated sub-folders of GEE-exported
+patches), a fixed list of files, or a STAC API search.
 
 Each yields ``Candidate`` scenes (a stable id, an acquisition time, what ``predict_scene`` reads)
 that cover the area and were acquired up to the run's date.
@@ -102,6 +103,51 @@ def _file_candidates(paths: list[Path], geom: Any) -> list[Candidate]:
     return [Candidate(p.name, scene_datetime(p), str(p), _covers(p, geom)) for p in paths]
 
 
+def _patch_folders(folder: Path, geom: Any) -> list[Candidate]:
+    """Sub-folders named with a date that hold GeoTIFF patches (a GEE export of one date)."""
+    out = []
+    for d in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        when = _from_name(d.name)
+        tifs = sorted(d.glob("*.tif"))
+        if when and tifs:
+            out.append(Candidate(d.name, when, str(d), any(_covers(t, geom) for t in tifs)))
+    return out
+
+
+def mosaic_patches(folder: Path, out: Path) -> Path:
+    """One GeoTIFF from a folder of georeferenced patches (band names and nodata of the first)."""
+    import rasterio
+    from rasterio.merge import merge
+
+    tifs = sorted(folder.glob("*.tif"))
+    try:
+        with rasterio.open(tifs[0]) as first:
+            crs, descriptions, nodata, tags = first.crs, first.descriptions, first.nodata, first.tags()
+        srcs = [rasterio.open(t) for t in tifs]
+    except rasterio.errors.RasterioIOError as exc:
+        raise DataError(f"{folder}: a patch cannot be read ({exc})") from exc
+    try:
+        if crs is None or any(s.crs != crs for s in srcs):
+            raise DataError(
+                f"{folder}: patches need one CRS (found several, or none); export them in one CRS"
+            )
+        arr, transform = merge(srcs, nodata=nodata)
+    finally:
+        for src in srcs:
+            src.close()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    profile = {"driver": "GTiff", "width": arr.shape[2], "height": arr.shape[1], "count": arr.shape[0],
+               "dtype": arr.dtype, "crs": crs, "transform": transform, "nodata": nodata, "tiled": True,
+               "compress": "deflate"}  # fmt: skip
+    with rasterio.open(out, "w", **profile) as dst:
+        dst.write(arr)
+        for i, d in enumerate(descriptions, 1):
+            if d:
+                dst.set_band_description(i, d)
+        dst.update_tags(**tags)
+    return out
+
+
 def list_scenes(source: dict[str, Any], geom: Any, as_of: datetime, cache_dir: Path) -> list[Candidate]:
     """Scenes of ``source`` acquired up to ``as_of`` (naive UTC), oldest first."""
     kind = source.get("type")
@@ -110,7 +156,7 @@ def list_scenes(source: dict[str, Any], geom: Any, as_of: datetime, cache_dir: P
         if not folder.is_dir():
             raise DataError(f"watched folder {folder} does not exist (moved or unmounted?)")
         paths = sorted(p for p in folder.glob(source.get("pattern", "*.tif")) if p.is_file())
-        found = _file_candidates(paths, geom)
+        found = _file_candidates(paths, geom) + _patch_folders(folder, geom)
     elif kind == "files":
         paths = [Path(p) for p in source["paths"]]
         missing = [str(p) for p in paths if not p.exists()]

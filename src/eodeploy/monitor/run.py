@@ -26,7 +26,7 @@ from eodeploy.geo.predict import OutsideSceneError, predict_scene
 from eodeploy.monitor.alerts import deliver_pending, make_alert
 from eodeploy.monitor.areas import get_area, resolve_model
 from eodeploy.monitor.db import Area, Database, Observation, Run, utcnow
-from eodeploy.monitor.imagery import Candidate, list_scenes
+from eodeploy.monitor.imagery import Candidate, list_scenes, mosaic_patches
 from eodeploy.monitor.measure import measure_area
 from eodeploy.package.repository import ModelRepository
 from eodeploy.settings import Settings
@@ -215,13 +215,20 @@ def _process(
     """Classify the scene around the area and measure it (no database work here)."""
     out = settings.monitor_dir / _safe(area["name"]) / f"{_safe(c.scene_id)}-v{pkg.version}"
     classes = [k.name for k in pkg.spec.classes]
+    source, mosaic = c.source, None
+    if Path(c.source).is_dir():  # a GEE export of patches: mosaicked, then mapped like a scene
+        mosaic = settings.monitor_dir / ".mosaics" / f"{_safe(area['name'])}-{_safe(c.scene_id)}.tif"
+        source = str(mosaic_patches(Path(c.source), mosaic))
     try:
-        predict_scene(predictor, c.source, out, overwrite=True, aoi=geom, mmu_ha=area["mmu_ha"])
+        predict_scene(predictor, source, out, overwrite=True, aoi=geom, mmu_ha=area["mmu_ha"])
     except DataError as exc:
         if isinstance(exc, OutsideSceneError) or "every pixel is nodata or cloud" not in str(exc):
             raise
         return {"target_ha": 0.0, "observed_ha": 0.0, "observed_share": 0.0,
                 "areas_ha": dict.fromkeys(classes, 0.0), "outputs": None}  # fmt: skip
+    finally:
+        if mosaic is not None:
+            mosaic.unlink(missing_ok=True)
     m = measure_area(out / CLASSES_TIF, geom, area["area_ha"], classes, area["target_class"], area["mmu_ha"])
     return {"target_ha": m.target_ha, "observed_ha": m.observed_ha, "observed_share": m.observed_share,
             "areas_ha": m.areas_ha, "outputs": str(out)}  # fmt: skip
