@@ -101,6 +101,18 @@ def test_grpc_bad_input(server: LiveServer, shape: list[int], datatype: str, cod
     assert code in str(err.value.status()) and words in err.value.message()
 
 
+def test_grpc_unknown_input_name(server: LiveServer) -> None:
+    tg = require("tritonclient.grpc")
+    from tritonclient.utils import InferenceServerException
+
+    client = tg.InferenceServerClient(server.grpc)
+    inp = tg.InferInput("pixels", [1, 13, 64, 64], "FP32")
+    inp.set_data_from_numpy(np.ones((1, 13, 64, 64), np.float32))
+    with pytest.raises(InferenceServerException) as err:
+        client.infer("tiny", [inp])
+    assert "INVALID_ARGUMENT" in str(err.value.status()) and "unknown input 'pixels'" in err.value.message()
+
+
 def test_grpc_unknown_model(server: LiveServer) -> None:
     tg = require("tritonclient.grpc")
     from tritonclient.utils import InferenceServerException
@@ -197,6 +209,21 @@ def _truncated() -> tuple[bytes, dict[str, str]]:
 
 
 BAD_REQUESTS = {
+    "unknown input name (OIP)": (
+        "/v2/models/tiny/infer",
+        lambda: (
+            json.dumps(
+                {
+                    "inputs": [
+                        {"name": "x", "shape": [1, 13, 64, 64], "datatype": "FP32", "data": [1.0] * 53248}
+                    ]
+                }
+            ).encode(),
+            {},
+        ),  # fmt: skip
+        400,
+        "unknown input 'x'",
+    ),
     "malformed json (OIP)": ("/v2/models/tiny/infer", lambda: (b'{"inputs": [', {}), 400, "not valid JSON"),
     "malformed json (TF)": ("/v1/models/tiny:predict", lambda: (b"{instances", {}), 400, "not valid JSON"),
     "wrong shape": (

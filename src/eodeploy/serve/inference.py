@@ -72,12 +72,19 @@ class InferenceService:
         label: str | None = None,
         band_names: Sequence[str] | None = None,
         routing_key: str | None = None,
+        input_name: str | None = None,
     ) -> InferenceResult:
+        """``input_name``: the tensor name the request used (OIP), checked against the very
+        version chosen here, so a canary split cannot check one version and run another."""
         t0 = time.perf_counter()
         served: ServedModel | None = None
         error: BaseException | None = None
         try:
             served = self.registry.resolve(name, version, label, routing_key)
+            if input_name is not None and input_name != served.spec.input_name:
+                raise InvalidInputError(
+                    f"unknown input {input_name!r}; model {name!r} takes {served.spec.input_name!r}"
+                )
             raw = self._check(served, raw)
             key = None
             if self.cache is not None:

@@ -167,9 +167,6 @@ async def _infer(pb: Any, state: Any, request: Any, metadata: dict[str, Any]) ->
                 f"datatype {t.datatype!r} is not supported for band values; use FP32 or UINT16"
             )
         arr = from_json(np.asarray(getattr(t.contents, field)), shape, t.datatype)
-    model = state.registry.resolve(request.model_name, request.model_version or None)
-    if t.name != model.spec.input_name:
-        raise InvalidInputError(f"unknown input {t.name!r}; model takes {model.spec.input_name!r}")
     params = {k: _param(v) for k, v in request.parameters.items()}
     result = await state.inference.infer(
         request.model_name,
@@ -178,6 +175,7 @@ async def _infer(pb: Any, state: Any, request: Any, metadata: dict[str, Any]) ->
         version=request.model_version or None,
         band_names=band_names_param(params),
         routing_key=metadata.get("x-routing-key"),
+        input_name=t.name,
     )
     requested = [(o.name, {k: _param(v) for k, v in o.parameters.items()}) for o in request.outputs] or None
     response = pb.ModelInferResponse(

@@ -182,11 +182,6 @@ def _input_array(req: dict[str, Any], binary: memoryview) -> Any:
 async def _run(
     request: Request, name: str, version: str | None, req: dict[str, Any], raw: Any, binary: bool
 ) -> Response:
-    expected = req["inputs"][0]["name"]
-    registry = request.app.state.registry
-    model = registry.resolve(name, version)
-    if expected != model.spec.input_name:
-        raise InvalidInputError(f"unknown input {expected!r}; model {name!r} takes {model.spec.input_name!r}")
     params = req.get("parameters") if isinstance(req.get("parameters"), dict) else {}
     result = await request.app.state.inference.infer(
         name,
@@ -195,6 +190,7 @@ async def _run(
         version=version,
         band_names=band_names_param(params),
         routing_key=request.headers.get("x-routing-key"),
+        input_name=req["inputs"][0]["name"],
     )
     requested = []
     want_binary_all = bool(params.get("binary_data_output"))
