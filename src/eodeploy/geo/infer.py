@@ -22,6 +22,7 @@ from eodeploy.geo.area import PixelArea
 from eodeploy.geo.sources import Scene
 from eodeploy.geo.tiling import blend_weights, offsets
 from eodeploy.runtime.predictor import Predictor
+from eodeploy.runtime.preprocess import neutral_values
 
 NODATA = 255  # class-map value of pixels never classified (nodata, cloud)
 _DONE = object()
@@ -45,18 +46,6 @@ class _Sink:
         self, row0: int, col0: int, classes: np.ndarray, confidence: np.ndarray
     ) -> None:  # pragma: no cover
         raise NotImplementedError
-
-
-def _fill_value(predictor: Predictor) -> np.ndarray:
-    """Raw values that preprocess to 0 (the training mean): what masked pixels are replaced with."""
-    n = len(predictor.spec.bands)
-    fill = np.zeros(n, np.float32)
-    steps = predictor.spec.value_scaling
-    steps = steps * n if len(steps) == 1 else steps
-    for i, s in enumerate(steps):
-        if s.get("type") == "z-score":
-            fill[i] = s["mean"]
-    return fill
 
 
 def classify_scene(
@@ -83,7 +72,7 @@ def classify_scene(
     k = len(spec.classes)
     ys, xs = offsets(scene.height, p, stride), offsets(scene.width, p, stride)
     weight = blend_weights(p)
-    fill = _fill_value(predictor)[:, None, None]
+    fill = neutral_values(predictor.spec)[:, None, None]
     width = scene.width
     dense = getattr(predictor, "dense", False)
     area = PixelArea(scene.crs, scene.transform)

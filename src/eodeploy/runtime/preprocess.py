@@ -78,6 +78,17 @@ def scale_values(x: np.ndarray, spec: ModelSpec) -> np.ndarray:
     return out
 
 
+def neutral_values(spec: ModelSpec) -> np.ndarray:
+    """Raw band values that a z-score scaling maps to 0 (the training mean), else 0: what masked
+    pixels (nodata, clouds) are filled with so they pull a window's prediction least."""
+    n = len(spec.bands)
+    fill = np.zeros(n, np.float32)
+    for i, s in enumerate(_per_band(spec.value_scaling or [], n)):
+        if s.get("type") == "z-score":
+            fill[i] = s["mean"]
+    return fill
+
+
 def as_channels_first(x: np.ndarray, spec: ModelSpec) -> np.ndarray:
     """Accept channels-last patches (N, H, W, bands), as Keras users and GEE exports send them."""
     n_bands = len(spec.bands)
