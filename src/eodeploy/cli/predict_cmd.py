@@ -79,19 +79,14 @@ def predict(
             task = bar.add_task("scene", total=1.0, km2=0.0, rate=0.0)
             state: dict[str, float] = {}
 
-            def progress(frac: float, task: int = task, state: dict[str, float] = state) -> None:
+            def progress(frac: float, km2: float, task: int = task, state: dict[str, float] = state) -> None:
                 import time
 
                 state.setdefault("t0", time.perf_counter())
-                done = state.get("km2_total", 0.0) * frac
+                done = km2 * frac
                 dt = max(time.perf_counter() - state["t0"], 1e-6)
                 bar.update(task, completed=frac, km2=done, rate=done / dt)
 
-            from eodeploy.geo.sources import open_scene
-
-            sc = open_scene(src, pkg.spec.bands, band_names=options["band_names"], mask=mask, offset=offset)  # type: ignore[arg-type]
-            state["km2_total"] = abs(sc.transform.a * sc.transform.e) * sc.width * sc.height / 1e6
-            sc.close()
             stats = predict_scene(pkg, src, target, on_progress=progress, **options)  # type: ignore[arg-type]
         _report(str(src), stats, target)
 

@@ -56,11 +56,12 @@ def predict_scene(
     mask: str | Path | None = None,
     band_names: list[str] | None = None,
     offset: float | None = None,
-    on_progress: Callable[[float], None] | None = None,
+    on_progress: Callable[[float, float], None] | None = None,
     intra_op_threads: int | None = None,
     aoi: Any = None,
 ) -> dict[str, Any]:
-    """Classify ``source`` (only around ``aoi``, a shapely geometry in WGS84, when given) and write classes/confidence COGs, polygons, stats.json and item.json
+    """Classify ``source`` (only around ``aoi``, a shapely geometry in WGS84, when given;
+    ``on_progress(fraction done, km² of the scene)``) and write classes/confidence COGs, polygons, stats.json and item.json
     to ``out``. Outputs are built in a hidden sibling folder and renamed into place at the end,
     so an interrupted or failed run never leaves a folder that looks complete."""
     from rasterio._env import del_gdal_config, get_gdal_config, set_gdal_config
@@ -101,7 +102,7 @@ def _predict_scene(
     mask: str | Path | None,
     band_names: list[str] | None,
     offset: float | None,
-    on_progress: Callable[[float], None] | None,
+    on_progress: Callable[[float, float], None] | None,
     intra_op_threads: int | None,
     aoi: Any,
 ) -> dict[str, Any]:
@@ -132,12 +133,13 @@ def _predict_scene(
     work = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
     work.mkdir()
     t0 = time.perf_counter()
+    km2 = abs(scene.transform.a * scene.transform.e) * scene.width * scene.height / 1e6  # for progress
     try:
         sink = GeoTiffSink(work, scene, spec)
         try:
             run = classify_scene(
                 predictor, scene, sink, stride,
-                on_progress=(lambda frac: on_progress(frac)) if on_progress else None,
+                on_progress=(lambda frac: on_progress(frac, km2)) if on_progress else None,
             )  # fmt: skip
         finally:
             sink.close()
