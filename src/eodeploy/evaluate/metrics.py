@@ -43,3 +43,20 @@ def classification_report(y_true: np.ndarray, y_pred: np.ndarray, class_names: l
         "confusion_matrix": cm.tolist(),
         "class_names": list(class_names),
     }
+
+
+#: What a package records of a classification report as its ``eodeploy:metrics``.
+STORED_METRICS = (
+    "n",
+    "accuracy",
+    "macro_f1",
+    "macro_precision",
+    "macro_recall",
+    "per_class",
+    "confusion_matrix",
+)
+
+
+def stored_metrics(report: dict[str, Any], split: str = "test") -> dict[str, Any]:
+    """The ``eodeploy:metrics`` entry of a package for ``report`` on ``split``."""
+    return {"split": split, **{k: report[k] for k in STORED_METRICS}}

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from eodeploy.errors import PackageIntegrityError
-from eodeploy.evaluate.metrics import classification_report
+from eodeploy.evaluate.metrics import classification_report, stored_metrics
 from eodeploy.optimize.calibration import calibration_set, evaluation_set
 from eodeploy.optimize.methods import OptimizationError, convert_fp16, quantize_int8
 from eodeploy.package.repository import ModelPackage, ModelRepository
@@ -86,19 +86,10 @@ def optimize_package(
         pred = derived.predict(check_set.images, band_names=check_set.band_names).class_ids
         ref = source.predict(check_set.images, band_names=check_set.band_names).class_ids
         report = classification_report(check_set.labels, pred, package.spec.class_names)
-        keep = (
-            "n",
-            "accuracy",
-            "macro_f1",
-            "macro_precision",
-            "macro_recall",
-            "per_class",
-            "confusion_matrix",
-        )
         recipe["agreement_with_source"] = round(float(np.mean(pred == ref)), 4)
         pkg.update_properties(
             {
-                "eodeploy:metrics": {"split": "test", **{k: report[k] for k in keep}},
+                "eodeploy:metrics": stored_metrics(report),
                 "eodeploy:optimization": recipe,
             }
         )

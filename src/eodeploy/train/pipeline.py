@@ -12,7 +12,7 @@ import numpy as np
 
 from eodeploy.data.eurosat import PatchDataset, Split, load_patch_folder, stratified_split
 from eodeploy.errors import PackageIntegrityError
-from eodeploy.evaluate.metrics import classification_report
+from eodeploy.evaluate.metrics import classification_report, stored_metrics
 from eodeploy.package.repository import ModelPackage, ModelRepository
 from eodeploy.package.spec import ModelSpec, default_classes
 from eodeploy.package.stats import reference_statistics, zscore_scaling
@@ -145,7 +145,7 @@ def train_package(
     test = data.subset(split.test)
     pred = Predictor(pkg).predict(test.images).class_ids
     report = classification_report(test.labels, pred, data.class_names)
-    pkg.update_properties({"eodeploy:metrics": {"split": "test", **_summary(report)}})
+    pkg.update_properties({"eodeploy:metrics": stored_metrics(report)})
     return pkg
 
 
@@ -160,11 +160,6 @@ def state_dict_bytes(model: Any) -> bytes:
     buf = io.BytesIO()
     torch.save(model.state_dict(), buf)
     return buf.getvalue()
-
-
-def _summary(report: dict[str, Any]) -> dict[str, Any]:
-    keep = ("n", "accuracy", "macro_f1", "macro_precision", "macro_recall", "per_class", "confusion_matrix")
-    return {k: report[k] for k in keep}
 
 
 def cross_validate(
