@@ -591,6 +591,9 @@ def test_cli_add_run_series_and_bad_cron(repo: ModelRepository, tmp_path: Path) 
         "add", "other", "-g", "missing.geojson", "--model", "tiny", "--class", TARGET, "--folder", str(folder)
     )
     assert r.returncode == 2 and "no such file" in r.stderr
+    r = cli("add", "other", "-g", "aoi.geojson", "--crs", "EPSG:32633", "--model", "tiny", "--class", TARGET,
+            "--folder", str(folder), "--alert-on", "sideways", "--min-observed", "2")  # fmt: skip
+    assert r.returncode == 2 and "alert_on" in r.stderr and "min_observed" in r.stderr
     r = cli("schedule", "--cron", "every day")
     assert r.returncode == 2 and "not a cron expression" in r.stderr
     r = cli("ack", "42")

@@ -53,6 +53,11 @@ def _date(text: str | None) -> datetime | None:
         raise DataError(f"{text!r} is not a date; use YYYY-MM-DD or an ISO time") from None
 
 
+def _invalid(exc: Any) -> DataError:
+    """A pydantic ValidationError as one line: each field and what is wrong with it."""
+    return DataError("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
+
+
 @app.command()
 @handle_errors
 def add(
@@ -133,9 +138,7 @@ def add(
             baseline_end=end, webhook_url=webhook, emails=email or [], interval_hours=every,
         )  # fmt: skip
     except ValidationError as exc:
-        raise DataError(
-            "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        ) from None
+        raise _invalid(exc) from None
     cfg = _settings(db, repo)
     with _database(cfg).session() as s:
         area, notes, created = add_area(s, ModelRepository(cfg.model_repo), spec, replace=replace)
@@ -194,9 +197,7 @@ def update(
     try:
         upd = AreaUpdate(**{k: v for k, v in given.items() if v is not None})
     except ValidationError as exc:
-        raise DataError(
-            "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        ) from None
+        raise _invalid(exc) from None
     with _database(_settings(db)).session() as s:
         update_area(s, name, upd)
     console.print(f"updated area [bold]{name}[/]")
