@@ -83,8 +83,9 @@ def spec(folder: Path, **kw: Any) -> AreaSpec:
 
 
 def settings(tmp_path: Path, repo: ModelRepository, db_url: str, **kw: Any) -> Settings:
+    base = {"db_connect_attempts": 1, "webhook_backoff_s": 0.01}
     return Settings(model_repo=repo.root, database_url=db_url, monitor_dir=tmp_path / "monitoring",
-                    db_connect_attempts=1, webhook_backoff_s=0.01, **kw)  # fmt: skip
+                    **{**base, **kw})  # fmt: skip
 
 
 def map_ha(outputs: Path, margin: int = 8) -> float:
@@ -217,7 +218,9 @@ def test_gee_patch_export_folder_is_one_observation(
     db.dispose()
 
 
-def test_database_lost_mid_run_loses_nothing(repo: ModelRepository, tmp_path: Path, db_url: str) -> None:
+def test_database_lost_mid_run_loses_nothing(
+    repo: ModelRepository, tmp_path: Path, db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
     """PostgreSQL refuses connections after the first scene: the run fails with a clear error,
     what was stored stays, and the next run (database back) finishes the work."""
     if not db_url.startswith("postgresql"):
@@ -261,6 +264,33 @@ def test_database_lost_mid_run_loses_nothing(repo: ModelRepository, tmp_path: Pa
         assert len(time_series(s, "square")["observations"]) == 1
     report = run_monitoring(db, cfg, force=True)
     assert (report.stored, report.already) == (2, 1)
+    db.dispose()
+    # With retries configured, an outage shorter than the back-off is waited out: nothing fails.
+    scene(folder / "s2_2024-09-04.tif", 100, seed=3)
+    cfg = settings(tmp_path, repo, db_url, db_connect_attempts=5, db_retry_backoff_s=0.3)
+    db = Database.from_settings(cfg)
+    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+
+    def allow() -> None:
+        with admin.connect() as c:
+            c.execute(text(f"ALTER DATABASE {name} ALLOW_CONNECTIONS true"))
+
+    def brief_outage(kind: str, info: dict[str, Any]) -> None:
+        if kind == "scene":
+            with admin.connect() as c:
+                c.execute(text(f"ALTER DATABASE {name} ALLOW_CONNECTIONS false"))
+                c.execute(
+                    text(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'")
+                )
+            threading.Timer(0.8, allow).start()
+
+    try:
+        report = run_monitoring(db, cfg, force=True, on_event=brief_outage)
+    finally:
+        allow()
+        admin.dispose()
+    assert (report.stored, report.already, report.failures) == (1, 3, [])
+    assert "database unavailable; retrying" in caplog.text  # the outage was met and waited out
     db.dispose()
 
 

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     JSON,
@@ -35,6 +35,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, rela
 from eodeploy.errors import DatabaseUnavailableError
 
 log = logging.getLogger("eodeploy.monitor")
+T = TypeVar("T")
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
@@ -284,6 +285,26 @@ class Database:
             raise
         finally:
             s.close()
+
+    def retrying(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` (which opens its own session) again with back-off while the database is
+        unreachable: a connection lost mid-run is waited for instead of failing the run at once.
+        Each attempt is its own transaction, so a failed one leaves nothing behind."""
+        for attempt in range(1, self._attempts + 1):
+            try:
+                return fn()
+            except DatabaseUnavailableError:
+                if attempt == self._attempts:
+                    raise
+                wait = self._backoff * 2 ** (attempt - 1)
+                log.warning(
+                    "database unavailable; retrying in %.1f s (attempt %d of %d)",
+                    wait,
+                    attempt + 1,
+                    self._attempts,
+                )
+                time.sleep(wait)
+        raise AssertionError("unreachable")
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -193,7 +193,9 @@ def _run_area(
             report.failures.append({"area": name, "scene": c.scene_id, "error": str(exc)})
             emit("scene_failed", {"area": name, "scene": c.scene_id, "error": str(exc)})
             continue
-        stored, alert = _store(db, area_id, report.run_id, c, pkg, obs_info)
+        stored, alert = db.retrying(
+            lambda c=c, info=obs_info: _store(db, area_id, report.run_id, c, pkg, info)
+        )
         if stored is None:
             report.already += 1
             continue
