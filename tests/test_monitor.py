@@ -495,9 +495,17 @@ def test_rest_api(repo: ModelRepository, tmp_path: Path, db_url: str) -> None:
         )
         assert r.status_code == 400 and "error" in r.json()
         assert client.post("/monitor/areas", json={"name": "z"}, headers=admin).status_code == 400
-        db = Database.from_settings(cfg)
-        run_monitoring(db, cfg)
-        db.dispose()
+        assert client.post("/monitor/runs", json={}).status_code == 401
+        assert client.post("/monitor/runs", json={"area": "nope"}, headers=admin).status_code == 404
+        r = client.post("/monitor/runs", json={"area": "square"}, headers=admin)
+        assert r.status_code == 202
+        for _ in range(600):
+            run = client.get(f"/monitor/runs/{r.json()['run_id']}").json()
+            if run["status"] != "running":
+                break
+            time.sleep(0.1)
+        assert run["status"] == "succeeded" and run["summary"]["stored"] == 2 and run["trigger"] == "api"
+        assert client.get("/monitor/runs/999").status_code == 404
         series = client.get("/monitor/areas/square/series").json()
         assert [o["status"] for o in series["observations"]] == ["ok", "ok"]
         alerts = client.get("/monitor/alerts", params={"acknowledged": "false"}).json()

@@ -7,12 +7,16 @@ pool, so database work never blocks inference.
 
 from __future__ import annotations
 
+import logging
+from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import Response
 
+from eodeploy.errors import ConflictError, DatabaseUnavailableError, NotFoundError
 from eodeploy.monitor.alerts import acknowledge, alert_dict
 from eodeploy.monitor.areas import (
     AreaSpec,
@@ -30,6 +34,7 @@ from eodeploy.serve.auth import require_admin
 from eodeploy.serve.errors import json_response
 
 router = APIRouter(prefix="/monitor", tags=["Monitoring"])
+log = logging.getLogger("eodeploy.monitor")
 
 
 def _db(request: Request) -> Database:
@@ -90,6 +95,71 @@ def delete_area(
 def series(request: Request, name: str) -> Response:
     with _db(request).session() as s:
         return json_response(time_series(s, name))
+
+
+class RunRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    area: str | None = Field(default=None, description="only this area, due or not")
+    all: bool = Field(default=False, description="every active area, due or not")
+    date: datetime | None = Field(default=None, description="take scenes acquired up to then (UTC)")
+
+
+@router.post("/runs", summary="Start a monitoring run in the background", status_code=202,
+             dependencies=[Depends(require_admin)])  # fmt: skip
+def start_run(request: Request, body: RunRequest | None = None) -> Response:
+    """One pass, as ``eodeploy monitor run``, on a background thread of this server (it shares the
+    CPU with inference: schedule heavy monitoring as its own job). One at a time per server; poll
+    ``GET /monitor/runs/{id}``."""
+    import threading
+
+    from eodeploy.monitor.areas import get_area, naive_utc
+    from eodeploy.monitor.run import run_monitoring
+
+    body = body or RunRequest()
+    state, db = request.app.state, _db(request)
+    if body.area:
+        with db.session() as s:
+            get_area(s, body.area)  # 404 now, not in the background
+    lock: threading.Lock = state.monitor_lock
+    if not lock.acquire(blocking=False):
+        raise ConflictError("a monitoring run started here is still going; wait for it (GET /monitor/runs)")
+    started = threading.Event()
+    run_id: dict[str, int] = {}
+
+    def on_event(kind: str, info: dict[str, Any]) -> None:
+        if kind == "run":
+            run_id["id"] = info["run_id"]
+            started.set()
+
+    def work() -> None:
+        try:
+            run_monitoring(db, state.settings, as_of=naive_utc(body.date) if body.date else None,
+                           area=body.area, force=body.all, trigger="api", on_event=on_event)  # fmt: skip
+        except Exception:  # noqa: BLE001 - recorded in the run row; the server keeps serving
+            log.exception("monitoring run failed")
+        finally:
+            started.set()
+            lock.release()
+
+    threading.Thread(target=work, name="monitor-run", daemon=True).start()
+    started.wait(60)
+    if "id" not in run_id:
+        raise DatabaseUnavailableError(
+            "the run could not start (the database did not answer); see the server log"
+        )
+    return json_response({"run_id": run_id["id"], "status": "running"}, 202)
+
+
+@router.get("/runs/{run_id}", summary="One monitoring run")
+def read_run(request: Request, run_id: int) -> Response:
+    from eodeploy.monitor.db import Run
+    from eodeploy.monitor.report import run_dict
+
+    with _db(request).session() as s:
+        r = s.get(Run, run_id)
+        if r is None:
+            raise NotFoundError(f"no monitoring run with id {run_id}")
+        return json_response(run_dict(r))
 
 
 @router.get("/runs", summary="Latest monitoring runs")

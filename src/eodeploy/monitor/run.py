@@ -91,6 +91,7 @@ def run_monitoring(
         s.flush()
         run_id = run.id
     report = RunReport(run_id, as_of)
+    emit("run", {"run_id": run_id})
     try:
         with db.session() as s:
             if area:

@@ -89,8 +89,11 @@ def create_app(settings: Settings | None = None, grpc: bool = True) -> FastAPI:
     app.include_router(tfserving.router)
     app.include_router(oip_rest.router)
     if settings.monitor_api:
+        import threading
+
         from eodeploy.monitor.api import router as monitor_router
 
+        app.state.monitor_lock = threading.Lock()  # one background monitoring run at a time
         app.include_router(monitor_router)
 
     @app.get("/metrics", tags=["Operations"], summary="Prometheus metrics")
