@@ -113,6 +113,22 @@ def test_grpc_unknown_input_name(server: LiveServer) -> None:
     assert "INVALID_ARGUMENT" in str(err.value.status()) and "unknown input 'pixels'" in err.value.message()
 
 
+def test_grpc_repository_unload_and_load(server: LiveServer) -> None:
+    tg = require("tritonclient.grpc")
+    from tritonclient.utils import InferenceServerException
+
+    client = tg.InferenceServerClient(server.grpc)
+    try:
+        client.unload_model("tiny")
+        assert not client.is_model_ready("tiny")
+    finally:
+        client.load_model("tiny")
+    assert client.is_model_ready("tiny")
+    with pytest.raises(InferenceServerException) as err:
+        client.load_model("nope")
+    assert "NOT_FOUND" in str(err.value.status())
+
+
 def test_grpc_unknown_model(server: LiveServer) -> None:
     tg = require("tritonclient.grpc")
     from tritonclient.utils import InferenceServerException

@@ -127,21 +127,23 @@ def make_servicer(state: Any) -> Any:
                 models=[pb.RepositoryIndexResponse.ModelIndex(**r) for r in rows]
             )
 
-        async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:  # noqa: N802
+        async def _repository(self, action: Any, request: Any, context: Any, response: Any) -> Any:
             await self._guard(context, admin=True)
             try:
-                await state.registry.load(request.model_name)
+                await action(request.model_name)
             except EodeployError as exc:
                 await context.abort(_code(exc), str(exc))
-            return pb.RepositoryModelLoadResponse()
+            return response()
+
+        async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:  # noqa: N802
+            return await self._repository(
+                state.registry.load, request, context, pb.RepositoryModelLoadResponse
+            )
 
         async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:  # noqa: N802
-            await self._guard(context, admin=True)
-            try:
-                await state.registry.unload(request.model_name)
-            except EodeployError as exc:
-                await context.abort(_code(exc), str(exc))
-            return pb.RepositoryModelUnloadResponse()
+            return await self._repository(
+                state.registry.unload, request, context, pb.RepositoryModelUnloadResponse
+            )
 
     return Servicer()
 
