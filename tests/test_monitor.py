@@ -632,6 +632,13 @@ def test_cli_add_run_series_and_bad_cron(repo: ModelRepository, tmp_path: Path) 
     r = cli("add", "other", "-g", "aoi.geojson", "--crs", "EPSG:32633", "--model", "tiny", "--class", TARGET,
             "--folder", str(folder), "--alert-on", "sideways", "--min-observed", "2")  # fmt: skip
     assert r.returncode == 2 and "alert_on" in r.stderr and "min_observed" in r.stderr
+    scene(folder / "s2_2024-07-06.tif", 100, seed=1)
+    assert cli("update", "square", "--every", "0.0001").returncode == 0  # due again after 0.36 s
+    time.sleep(0.5)
+    r = cli("schedule", "--cron", "0 6 * * *", "--run-now", "--max-runs", "1")
+    assert r.returncode == 0 and "stored 1 observation" in r.stdout, r.stdout + r.stderr
+    r = cli("runs")
+    assert r.returncode == 0 and "schedule" in r.stdout and "succeeded" in r.stdout
     r = cli("schedule", "--cron", "every day")
     assert r.returncode == 2 and "not a cron expression" in r.stderr
     r = cli("ack", "42")

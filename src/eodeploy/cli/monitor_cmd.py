@@ -286,6 +286,7 @@ def schedule(
         str, typer.Option(help="Cron expression (minute hour day month weekday), UTC.")
     ] = "0 6 * * *",
     max_runs: Annotated[int, typer.Option(help="Stop after this many runs (0: never).")] = 0,
+    run_now: Annotated[bool, typer.Option(help="Also run once at start, then on the schedule.")] = False,
     db: DbOpt = None,
     repo: RepoOpt = None,
 ) -> None:
@@ -294,7 +295,8 @@ def schedule(
     from apscheduler.triggers.cron import CronTrigger
 
     cfg = _settings(db, repo)
-    _database(cfg).ensure()  # fail now, not at the first tick, when the database is unreachable
+    database = _database(cfg)
+    database.ensure()  # fail now, not at the first tick, when the database is unreachable
     try:
         trigger = CronTrigger.from_crontab(cron, timezone="UTC")
     except ValueError as exc:
@@ -309,14 +311,15 @@ def schedule(
         from eodeploy.monitor.run import run_monitoring
 
         try:
-            _print_report(run_monitoring(_database(cfg), cfg, trigger="schedule"))
+            _print_report(run_monitoring(database, cfg, trigger="schedule"))
         except EodeployError as exc:  # logged; the next tick tries again
             err_console.print(f"[red]run failed:[/] {exc}")
         done["n"] += 1
         if max_runs and done["n"] >= max_runs:
             sched.shutdown(wait=False)
 
-    sched.add_job(job, trigger, max_instances=1, coalesce=True, misfire_grace_time=3600)
+    first = {"next_run_time": datetime.now(trigger.timezone)} if run_now else {}
+    sched.add_job(job, trigger, max_instances=1, coalesce=True, misfire_grace_time=3600, **first)
     console.print(
         f"monitoring on '{cron}' (UTC); next run {trigger.get_next_fire_time(None, datetime.now(trigger.timezone))}"
     )
@@ -324,6 +327,8 @@ def schedule(
         sched.start()
     except (KeyboardInterrupt, SystemExit):
         pass
+    finally:
+        database.dispose()
 
 
 @app.command()
