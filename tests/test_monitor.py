@@ -451,6 +451,17 @@ def test_database_down_fails_cleanly(repo: ModelRepository, tmp_path: Path) -> N
                          capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)  # fmt: skip
     assert run.returncode == 2 and "cannot reach the database" in run.stderr
     assert "Traceback" not in run.stderr + run.stdout
+    # The server keeps serving: /metrics says the database is down, the API answers 503.
+    from fastapi.testclient import TestClient
+
+    from eodeploy.serve.app import create_app
+
+    cfg = Settings(model_repo=repo.root, database_url=down, grpc_port=0, poll_interval_s=0)
+    with TestClient(create_app(cfg, grpc=False)) as client:
+        assert "eodeploy_monitor_database_up 0.0" in client.get("/metrics").text
+        r = client.get("/monitor/areas")
+        assert r.status_code == 503 and "cannot reach the database" in r.json()["error"]
+        assert client.get("/v2/health/ready").status_code == 200
 
 
 def test_migrations_match_the_models(db_url: str) -> None:
@@ -506,6 +517,11 @@ def test_rest_api(repo: ModelRepository, tmp_path: Path, db_url: str) -> None:
             time.sleep(0.1)
         assert run["status"] == "succeeded" and run["summary"]["stored"] == 2 and run["trigger"] == "api"
         assert client.get("/monitor/runs/999").status_code == 404
+        metrics = client.get("/metrics").text
+        assert "eodeploy_monitor_database_up 1.0" in metrics
+        assert "eodeploy_monitor_alerts_unacknowledged 1.0" in metrics
+        assert 'eodeploy_monitor_observations{area="square"} 2.0' in metrics
+        assert 'eodeploy_monitor_last_run{status="succeeded"} 1.0' in metrics
         series = client.get("/monitor/areas/square/series").json()
         assert [o["status"] for o in series["observations"]] == ["ok", "ok"]
         alerts = client.get("/monitor/alerts", params={"acknowledged": "false"}).json()

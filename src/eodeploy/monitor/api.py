@@ -37,11 +37,15 @@ router = APIRouter(prefix="/monitor", tags=["Monitoring"])
 log = logging.getLogger("eodeploy.monitor")
 
 
-def _db(request: Request) -> Database:
-    state = request.app.state
+def app_database(state: Any) -> Database:
+    """The server's monitoring database, opened on first use."""
     if getattr(state, "monitor_db", None) is None:
         state.monitor_db = Database.from_settings(state.settings)
     return state.monitor_db  # type: ignore[no-any-return]
+
+
+def _db(request: Request) -> Database:
+    return app_database(request.app.state)
 
 
 @router.get("/areas", summary="List areas of interest")

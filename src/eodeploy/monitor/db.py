@@ -253,9 +253,10 @@ class Database:
     def from_settings(cls, settings: Any) -> Database:
         return cls(settings.database_url, settings.db_connect_attempts, settings.db_retry_backoff_s)
 
-    def ensure(self) -> None:
+    def ensure(self, attempts: int | None = None) -> None:
+        """Connect (with retries) and migrate, once."""
         if not self._ready:
-            connect_checked(self.engine, self._attempts, self._backoff)
+            connect_checked(self.engine, attempts or self._attempts, self._backoff)
             try:
                 migrate(self.engine)
             except OperationalError as exc:

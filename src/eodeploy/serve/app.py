@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
@@ -91,14 +92,19 @@ def create_app(settings: Settings | None = None, grpc: bool = True) -> FastAPI:
     if settings.monitor_api:
         import threading
 
+        from eodeploy.monitor.api import app_database
         from eodeploy.monitor.api import router as monitor_router
+        from eodeploy.monitor.metrics import MonitorCollector
 
         app.state.monitor_lock = threading.Lock()  # one background monitoring run at a time
         app.include_router(monitor_router)
+        metrics.registry.register(MonitorCollector(lambda: app_database(app.state)))
 
     @app.get("/metrics", tags=["Operations"], summary="Prometheus metrics")
     async def prometheus_metrics(request: Request) -> Response:
-        return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        # In the thread pool: the monitoring collector reads the database.
+        body = await run_in_threadpool(generate_latest, request.app.state.metrics.registry)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/", include_in_schema=False)
     async def root() -> Response:
