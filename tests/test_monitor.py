@@ -645,6 +645,11 @@ def test_cli_add_run_series_and_bad_cron(repo: ModelRepository, tmp_path: Path) 
         "add", "other", "-g", "missing.geojson", "--model", "tiny", "--class", TARGET, "--folder", str(folder)
     )
     assert r.returncode == 2 and "no such file" in r.stderr
+    (tmp_path / "broken.geojson").write_text('{"type": "Polygon", ')
+    r = cli(
+        "add", "other", "-g", "broken.geojson", "--model", "tiny", "--class", TARGET, "--folder", str(folder)
+    )
+    assert r.returncode == 2 and "not valid GeoJSON" in r.stderr and "Traceback" not in r.stderr
     r = cli("add", "other", "-g", "aoi.geojson", "--crs", "EPSG:32633", "--model", "tiny", "--class", TARGET,
             "--folder", str(folder), "--alert-on", "sideways", "--min-observed", "2")  # fmt: skip
     assert r.returncode == 2 and "alert_on" in r.stderr and "min_observed" in r.stderr

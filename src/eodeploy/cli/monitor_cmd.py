@@ -124,11 +124,9 @@ def add(
         a, b = baseline.split("/", 1)
         start, end = _date(a), _date(b)
         start = start.replace(hour=0, minute=0, second=0, microsecond=0) if start else None
-    from eodeploy.monitor.areas import load_geometry
+    from eodeploy.monitor.areas import read_geojson
 
-    geom_json = json.loads(geometry.read_text()) if geometry.is_file() else None
-    if geom_json is None:
-        load_geometry(geometry)  # the clear "no such file" error
+    geom_json = read_geojson(geometry)
     mname, _, mref = model.partition(":")
     try:
         spec = AreaSpec(

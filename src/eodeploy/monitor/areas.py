@@ -142,6 +142,17 @@ def _crs_of(data: dict[str, Any], crs: str | None) -> str:
     return str(legacy) if legacy else "EPSG:4326"
 
 
+def read_geojson(path: str | Path) -> Any:
+    """The parsed contents of a GeoJSON file; a clear error when it is missing or not JSON."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file; give a GeoJSON file with the area's polygon") from None
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: not valid GeoJSON ({exc})") from exc
+
+
 def load_geometry(data: dict[str, Any] | str | Path, crs: str | None = None) -> tuple[Any, list[str]]:
     """A WGS84 (multi)polygon from GeoJSON in any CRS, and notes on what was repaired.
 
@@ -155,13 +166,7 @@ def load_geometry(data: dict[str, Any] | str | Path, crs: str | None = None) -> 
     from shapely.validation import explain_validity
 
     if isinstance(data, (str, Path)):
-        path = Path(data)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise DataError(f"{path}: no such file; give a GeoJSON file with the area's polygon") from None
-        except (OSError, ValueError) as exc:
-            raise DataError(f"{path}: not valid GeoJSON ({exc})") from exc
+        data = read_geojson(data)
     if not isinstance(data, dict) or "type" not in data:
         raise DataError(
             "the geometry must be a GeoJSON object (Polygon, MultiPolygon, Feature or FeatureCollection)"
