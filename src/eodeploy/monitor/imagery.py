@@ -24,7 +24,7 @@ class Candidate:
     scene_id: str
     datetime: datetime  # naive UTC
     source: str  # a path or URL that predict_scene reads
-    covers: bool = True  # the scene's footprint touches the area
+    covers: bool | None = None  # the footprint touches the area (None: not looked at yet, see covers())
     cloud_cover: float | None = None  # whole-scene cloud cover (%), when the source says
 
 
@@ -99,18 +99,27 @@ def _covers(path: Path, geom: Any) -> bool:
         return True
 
 
-def _file_candidates(paths: list[Path], geom: Any) -> list[Candidate]:
-    return [Candidate(p.name, scene_datetime(p), str(p), _covers(p, geom)) for p in paths]
+def covers(c: Candidate, geom: Any) -> bool:
+    """Whether the candidate touches the area, reading its footprint only when first asked (a run
+    asks only for scenes not yet stored, so a growing watched folder is not re-opened file by file)."""
+    if c.covers is None:
+        p = Path(c.source)
+        c.covers = any(_covers(t, geom) for t in sorted(p.glob("*.tif"))) if p.is_dir() else _covers(p, geom)
+    return c.covers
 
 
-def _patch_folders(folder: Path, geom: Any) -> list[Candidate]:
+def _file_candidates(paths: list[Path]) -> list[Candidate]:
+    return [Candidate(p.name, scene_datetime(p), str(p)) for p in paths]
+
+
+def _patch_folders(folder: Path) -> list[Candidate]:
     """Sub-folders named with a date that hold GeoTIFF patches (a GEE export of one date)."""
     out = []
     for d in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
         when = _from_name(d.name)
         tifs = sorted(d.glob("*.tif"))
         if when and tifs:
-            out.append(Candidate(d.name, when, str(d), any(_covers(t, geom) for t in tifs)))
+            out.append(Candidate(d.name, when, str(d)))
     return out
 
 
@@ -156,13 +165,13 @@ def list_scenes(source: dict[str, Any], geom: Any, as_of: datetime, cache_dir: P
         if not folder.is_dir():
             raise DataError(f"watched folder {folder} does not exist (moved or unmounted?)")
         paths = sorted(p for p in folder.glob(source.get("pattern", "*.tif")) if p.is_file())
-        found = _file_candidates(paths, geom) + _patch_folders(folder, geom)
+        found = _file_candidates(paths) + _patch_folders(folder)
     elif kind == "files":
         paths = [Path(p) for p in source["paths"]]
         missing = [str(p) for p in paths if not p.exists()]
         if missing:
             raise DataError(f"scene file(s) not found: {', '.join(missing)}")
-        found = _file_candidates(paths, geom)
+        found = _file_candidates(paths)
     elif kind == "stac":
         found = _stac_candidates(source, geom, as_of, cache_dir)
     else:

@@ -26,7 +26,7 @@ from eodeploy.geo.predict import OutsideSceneError, predict_scene
 from eodeploy.monitor.alerts import deliver_pending, make_alert
 from eodeploy.monitor.areas import get_area, resolve_model
 from eodeploy.monitor.db import Area, Database, Observation, Run, utcnow
-from eodeploy.monitor.imagery import Candidate, list_scenes, mosaic_patches
+from eodeploy.monitor.imagery import Candidate, covers, list_scenes, mosaic_patches
 from eodeploy.monitor.measure import measure_area
 from eodeploy.package.repository import ModelRepository
 from eodeploy.settings import Settings
@@ -153,12 +153,6 @@ def _run_area(
         report.failures.append({"area": name, "error": str(exc)})
         emit("area_failed", {"area": name, "error": str(exc)})
         return
-    covering = [c for c in scenes if c.covers]
-    report.outside += len(scenes) - len(covering)
-    if scenes and not covering:
-        report.warnings.append(
-            f"{name}: the area lies outside every scene of its source ({len(scenes)} scene(s))"
-        )
     with db.session() as s:
         done = set(
             s.scalars(
@@ -167,17 +161,16 @@ def _run_area(
                 )
             )
         )
-    todo = [c for c in covering if c.scene_id not in done]
-    report.already += len(covering) - len(todo)
-    emit(
-        "area",
-        {
-            "area": name,
-            "scenes": len(todo),
-            "already": len(covering) - len(todo),
-            "model": f"{pkg.name} v{pkg.version}",
-        },
-    )
+    new = [c for c in scenes if c.scene_id not in done]
+    todo = [c for c in new if covers(c, geom)]  # footprints read for new scenes only
+    report.already += len(scenes) - len(new)
+    report.outside += len(new) - len(todo)
+    if new and not todo and not done:
+        report.warnings.append(
+            f"{name}: the area lies outside every scene of its source ({len(new)} scene(s))"
+        )
+    emit("area", {"area": name, "scenes": len(todo), "already": len(scenes) - len(new),
+                  "model": f"{pkg.name} v{pkg.version}"})  # fmt: skip
     key = (pkg.name, pkg.version)
     if todo and key not in predictors:
         from eodeploy.runtime.predictor import Predictor
