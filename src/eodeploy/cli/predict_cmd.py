@@ -26,7 +26,10 @@ def predict(
     polygons: Annotated[bool, typer.Option(help="Also write polygons.geojson.")] = True,
     mmu: Annotated[float, typer.Option(help="Minimum mapping unit for polygons, hectares.")] = 0.5,
     mask: Annotated[
-        Path | None, typer.Option(help="Cloud mask (>0 = cloud) or SCL raster (name containing 'SCL').")
+        Path | None,
+        typer.Option(
+            help="Cloud mask (>0 = cloud) or SCL raster (name containing 'SCL'); default: an SCL/QA60/probability band in the scene."
+        ),
     ] = None,
     bands: Annotated[
         str | None, typer.Option(help="Band names of a multi-band file, e.g. B01,B02,...")

@@ -37,3 +37,12 @@ class PixelArea:
         ur, uc = np.unique(rows), np.unique(cols)
         table = np.array([[self._cached(int(r), int(c)) for c in uc] for r in ur])
         return table[np.searchsorted(ur, rows)][:, np.searchsorted(uc, cols)]
+
+
+def reproject(geom: Any, src_crs: Any, dst_crs: Any) -> Any:
+    """A shapely geometry from ``src_crs`` to ``dst_crs`` (vertex by vertex, x/y = lon/lat order)."""
+    import shapely
+    from pyproj import Transformer
+
+    t = Transformer.from_crs(src_crs, dst_crs, always_xy=True)
+    return shapely.transform(geom, lambda xy: np.column_stack(t.transform(xy[:, 0], xy[:, 1])))

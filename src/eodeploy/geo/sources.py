@@ -81,6 +81,7 @@ class Scene:
         the whole scene, so the map is the same); a ``DataError`` when they do not overlap."""
         from rasterio.transform import rowcol
         from rasterio.windows import Window
+        from rasterio.windows import transform as window_transform
 
         x0, y0, x1, y1 = bounds
         rows, cols = rowcol(self.transform, [x0, x1, x0, x1], [y0, y0, y1, y1], op=float)
@@ -91,8 +92,6 @@ class Scene:
         if r1 <= r0 or c1 <= c0:
             raise DataError("the area lies outside the scene; choose a scene that covers it")
         win = Window(c0, r0, c1 - c0, r1 - r0)
-        from rasterio.windows import transform as window_transform
-
         return Scene(
             self.bands, self.order, self.crs, window_transform(win, self.transform), c1 - c0, r1 - r0,
             self.mask_path, self.mask_kind, self.mask_index, dict(self.provenance),

@@ -9,12 +9,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from eodeploy.errors import ConflictError, DataError, ModelNotFoundError, NotFoundError
+from eodeploy.geo.area import reproject
 from eodeploy.monitor.db import Area, Observation
 from eodeploy.package.repository import ModelPackage, ModelRepository
 
@@ -160,7 +160,7 @@ def load_geometry(data: dict[str, Any] | str | Path, crs: str | None = None) -> 
     zero-area shape. Self-intersections and similar are repaired (``shapely.make_valid``) and said so.
     """
     import shapely
-    from pyproj import CRS, Transformer
+    from pyproj import CRS
     from pyproj.exceptions import CRSError
     from shapely.geometry import shape
     from shapely.validation import explain_validity
@@ -218,8 +218,7 @@ def load_geometry(data: dict[str, Any] | str | Path, crs: str | None = None) -> 
     except CRSError as exc:
         raise DataError(f"unknown CRS {src_crs!r} ({exc}); give it as EPSG:XXXX") from exc
     if not source.equals(CRS.from_epsg(4326)):
-        t = Transformer.from_crs(source, "EPSG:4326", always_xy=True)
-        geom = shapely.transform(geom, lambda xy: np.column_stack(t.transform(xy[:, 0], xy[:, 1])))
+        geom = reproject(geom, source, "EPSG:4326")
     x0, y0, x1, y1 = geom.bounds
     if not (-180 <= x0 <= x1 <= 180 and -90 <= y0 <= y1 <= 90) or not all(map(_finite, geom.bounds)):
         raise DataError(
@@ -397,16 +396,16 @@ def area_dict(area: Area) -> dict[str, Any]:
         "min_observed": area.min_observed,
         "mmu_ha": area.mmu_ha,
         "source": area.source,
-        "baseline_start": _iso(area.baseline_start),
-        "baseline_end": _iso(area.baseline_end),
+        "baseline_start": iso(area.baseline_start),
+        "baseline_end": iso(area.baseline_end),
         "webhook_url": area.webhook_url,
         "emails": area.emails,
         "interval_hours": area.interval_hours,
         "active": area.active,
-        "created_at": _iso(area.created_at),
-        "last_checked_at": _iso(area.last_checked_at),
+        "created_at": iso(area.created_at),
+        "last_checked_at": iso(area.last_checked_at),
     }
 
 
-def _iso(t: datetime | None) -> str | None:
+def iso(t: datetime | None) -> str | None:
     return t.isoformat() + "Z" if t else None

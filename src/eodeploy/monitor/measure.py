@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from eodeploy.geo.area import PixelArea
+from eodeploy.geo.area import PixelArea, reproject
 from eodeploy.geo.infer import NODATA
 
 
@@ -27,15 +27,12 @@ def measure_area(
     """Measure ``geom_wgs84`` on a class map. Target patches smaller than ``mmu_ha`` are dropped
     (sieved into their surroundings) so that single noisy pixels do not count as change."""
     import rasterio
-    import shapely
-    from pyproj import Transformer
     from rasterio.features import geometry_mask, sieve
 
     with rasterio.open(classes_tif) as ds:
         classes = ds.read(1)
         crs, transform = ds.crs, ds.transform
-    t = Transformer.from_crs("EPSG:4326", crs, always_xy=True)
-    geom = shapely.transform(geom_wgs84, lambda xy: np.column_stack(t.transform(xy[:, 0], xy[:, 1])))
+    geom = reproject(geom_wgs84, "EPSG:4326", crs)
     inside = geometry_mask([geom], classes.shape, transform, invert=True)
     pixel_m2 = PixelArea(crs, transform).of_block(0, *classes.shape)
     observed = inside & (classes != NODATA)

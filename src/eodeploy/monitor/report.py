@@ -9,7 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
 from eodeploy.monitor.alerts import alert_dict
-from eodeploy.monitor.areas import _iso, get_area
+from eodeploy.monitor.areas import get_area, iso
 from eodeploy.monitor.db import Alert, Observation, Run
 
 
@@ -30,7 +30,7 @@ def time_series(session: Session, name: str) -> dict[str, Any]:
         "observations": [
             {
                 "id": o.id,
-                "datetime": _iso(o.scene_datetime),
+                "datetime": iso(o.scene_datetime),
                 "scene": o.scene_id,
                 "model_name": o.model_name,
                 "model_version": o.model_version,
@@ -102,8 +102,8 @@ def list_alerts(
 
 def run_dict(r: Run) -> dict[str, Any]:
     return {
-        "id": r.id, "started_at": _iso(r.started_at), "finished_at": _iso(r.finished_at), "status": r.status,
-        "trigger": r.trigger, "as_of": _iso(r.as_of), "summary": r.summary, "error": r.error,
+        "id": r.id, "started_at": iso(r.started_at), "finished_at": iso(r.finished_at), "status": r.status,
+        "trigger": r.trigger, "as_of": iso(r.as_of), "summary": r.summary, "error": r.error,
     }  # fmt: skip
 
 
