@@ -77,3 +77,13 @@ class Settings(BaseSettings):
     smtp_from: str = "eodeploy@localhost"
     smtp_starttls: bool = False
     smtp_timeout_s: float = 10.0
+
+
+def cache_dir() -> Path:
+    """Where decoded training patches are cached: ``EODEPLOY_CACHE_DIR``, else the user cache."""
+    import os
+
+    env = os.environ.get("EODEPLOY_CACHE_DIR")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "eodeploy"

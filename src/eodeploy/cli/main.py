@@ -77,7 +77,12 @@ def train(
         Path | None, typer.Argument(help="EuroSAT-layout folder (default: EODEPLOY_DATA_DIR).")
     ] = None,
     name: Annotated[str, typer.Option(help="Model name in the repository.")] = "eurosat-cnn",
-    arch: Annotated[str, typer.Option(help="compact-cnn or resnet18.")] = "compact-cnn",
+    arch: Annotated[
+        str,
+        typer.Option(
+            help="compact-cnn (a few hundred patches), resnet10 (thousands), resnet18 or spectral-cnn."
+        ),
+    ] = "compact-cnn",
     epochs: Annotated[int, typer.Option(help="Most epochs; early stopping may end sooner.")] = 80,
     patience: Annotated[int, typer.Option(help="Epochs without validation gain before stopping.")] = 40,
     seed: Annotated[int, typer.Option(help="Seed of the split and of training.")] = 0,
@@ -88,6 +93,8 @@ def train(
         ),
     ] = 0,
     threads: Annotated[int, typer.Option(help="PyTorch threads (0: all cores).")] = 0,
+    batch_size: Annotated[int, typer.Option(help="Patches per training step.")] = 32,
+    lr: Annotated[float, typer.Option(help="Peak learning rate of the one-cycle schedule.")] = 3e-3,
     refit: Annotated[
         bool, typer.Option(help="After early stopping, retrain on train+val for the chosen epoch count.")
     ] = False,
@@ -103,8 +110,9 @@ def train(
 
     data_dir = data or settings().data_dir
     config = TrainConfig(
-        arch=arch, epochs=epochs, patience=patience, seed=seed, threads=threads or None, refit=refit, tta=tta
-    )
+        arch=arch, epochs=epochs, patience=patience, seed=seed, threads=threads or None, refit=refit,
+        tta=tta, batch_size=batch_size, lr=lr,
+    )  # fmt: skip
     cv_result = None
     with progress() as bar:
         if cv:

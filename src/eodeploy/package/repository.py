@@ -16,7 +16,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from eodeploy._files import file_digest
+from eodeploy._files import atomic_write_bytes, file_digest
 from eodeploy.errors import ModelNotFoundError, PackageIntegrityError, PackageSpecError
 from eodeploy.package.item import build_item
 from eodeploy.package.spec import ModelSpec
@@ -32,13 +32,7 @@ def sha256_file(path: Path) -> str:
 
 
 def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write_bytes(path, (json.dumps(data, indent=2) + "\n").encode())
 
 
 class ModelPackage:

@@ -104,19 +104,26 @@ class _BasicBlock(nn.Module):  # type: ignore[misc,name-defined]
         return self.relu(self.body(x) + self.skip(x))
 
 
-class ResNet18(nn.Module):  # type: ignore[misc,name-defined]
-    """ResNet-18 for multispectral 64x64 patches: 3x3 stem, no max-pool, any band count."""
+class ResNet(nn.Module):  # type: ignore[misc,name-defined]
+    """A ResNet for 64x64 patches of any band count: 3x3 stem, no max-pool, basic blocks."""
 
-    def __init__(self, in_channels: int, n_classes: int, width: int = 64):
+    def __init__(
+        self,
+        in_channels: int,
+        n_classes: int,
+        width: int = 64,
+        blocks: tuple[int, ...] = (2, 2, 2, 2),
+        stem_stride: int = 1,
+    ):
         super().__init__()
         w = width
-        self.stem = _conv_bn(in_channels, w)
+        self.stem = _conv_bn(in_channels, w, stem_stride)
         layers = []
         cin = w
-        for i, cout in enumerate([w, 2 * w, 4 * w, 8 * w]):
-            stride = 1 if i == 0 else 2
-            layers += [_BasicBlock(cin, cout, stride), _BasicBlock(cout, cout, 1)]
-            cin = cout
+        for i, (cout, n) in enumerate(zip([w, 2 * w, 4 * w, 8 * w], blocks)):
+            for k in range(n):
+                layers.append(_BasicBlock(cin, cout, 2 if i > 0 and k == 0 else 1))
+                cin = cout
         self.layers = nn.Sequential(*layers)
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, n_classes))
 
@@ -124,7 +131,24 @@ class ResNet18(nn.Module):  # type: ignore[misc,name-defined]
         return self.head(self.layers(self.stem(x)))
 
 
-ARCHITECTURES = {"compact-cnn": CompactCNN, "spectral-cnn": SpectralCNN, "resnet18": ResNet18}
+def ResNet18(in_channels: int, n_classes: int, width: int = 64) -> ResNet:
+    """ResNet-18: two blocks per stage at full resolution (about 11 M parameters at width 64)."""
+    return ResNet(in_channels, n_classes, width)
+
+
+def ResNet10(in_channels: int, n_classes: int, width: int = 32) -> ResNet:
+    """One block per stage after a stride-2 stem: 1.2 M parameters, about 5x cheaper per patch
+    than ResNet-18 at width 32; sized for thousands of patches trained on a CPU."""
+    return ResNet(in_channels, n_classes, width, blocks=(1, 1, 1, 1), stem_stride=2)
+
+
+ARCHITECTURES = {
+    "compact-cnn": CompactCNN,
+    "spectral-cnn": SpectralCNN,
+    "resnet10": ResNet10,
+    "resnet18": ResNet18,
+}
+ARCHITECTURE_NAMES = {"compact-cnn": "CompactCNN", "resnet10": "ResNet-10", "resnet18": "ResNet-18"}
 
 
 def build_model(arch: str, in_channels: int, n_classes: int, **kwargs: Any) -> Any:

@@ -28,6 +28,8 @@ from eodeploy.train.trainer import (
 def spec_for(data: PatchDataset, train: PatchDataset, name: str, arch: str) -> ModelSpec:
     import torch
 
+    from eodeploy.train.models import ARCHITECTURE_NAMES
+
     return ModelSpec(
         name=name,
         bands=list(data.band_names),
@@ -35,11 +37,17 @@ def spec_for(data: PatchDataset, train: PatchDataset, name: str, arch: str) -> M
         width=int(data.images.shape[3]),
         classes=default_classes(data.class_names),
         value_scaling=zscore_scaling(train.images),
-        architecture={"compact-cnn": "CompactCNN", "resnet18": "ResNet-18"}.get(arch, arch),
+        architecture=ARCHITECTURE_NAMES.get(arch, arch),
         framework="PyTorch",
         framework_version=torch.__version__.split("+")[0],
         description=f"{arch} land-cover patch classifier trained by eodeploy on {data.root.name}",
+        units=training_units(data.images.dtype),
     )
+
+
+def training_units(dtype: np.dtype) -> str:
+    """8-bit patches are EuroSAT's true-colour rendering; anything else Sentinel-2 numbers."""
+    return "rgb8" if dtype == np.uint8 else "dn"
 
 
 def fit_split(
