@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from eodeploy.errors import DataError
+from eodeploy.package.bands import normalize_band
 
 GEOTIFF_SUFFIXES = {".tif", ".tiff"}
 PICTURE_SUFFIXES = {".jpg", ".jpeg", ".png"}
@@ -38,8 +39,10 @@ def read_image(path: str | Path) -> np.ndarray:
     raise DataError(f"{path}: unsupported file type {suffix!r}; use GeoTIFF (.tif), JPEG/PNG or .npy")
 
 
-def decode_image(data: bytes, name: str = "upload") -> np.ndarray:
-    """Decode an uploaded file's bytes (GeoTIFF, PNG/JPEG or .npy, told apart by content)."""
+def decode_image(data: bytes, name: str = "upload") -> tuple[np.ndarray, list[str] | None]:
+    """Decode an uploaded file's bytes (GeoTIFF, PNG/JPEG or .npy, told apart by content) into
+    (bands, height, width) pixels, and the Sentinel-2 band names its GeoTIFF band descriptions
+    give (None unless every band is named so)."""
     import io
 
     if not data:
@@ -49,11 +52,12 @@ def decode_image(data: bytes, name: str = "upload") -> np.ndarray:
             from rasterio.io import MemoryFile
 
             with MemoryFile(data) as mem, mem.open() as src:
-                return src.read()
+                names = [normalize_band(d) if d else None for d in src.descriptions]
+                return src.read(), (names if all(names) else None)  # type: ignore[return-value]
         if data[:6] == b"\x93NUMPY":
-            return _as_chw(np.load(io.BytesIO(data), allow_pickle=False), name)
+            return _as_chw(np.load(io.BytesIO(data), allow_pickle=False), name), None
         if data[:8] == b"\x89PNG\r\n\x1a\n" or data[:3] == b"\xff\xd8\xff":
-            return _read_picture(io.BytesIO(data))
+            return _read_picture(io.BytesIO(data)), None
     except DataError:
         raise
     except Exception as exc:

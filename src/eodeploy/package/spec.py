@@ -11,6 +11,13 @@ LAYOUTS = {
     "NCHW": ["batch", "bands", "height", "width"],
     "NHWC": ["batch", "height", "width", "bands"],
 }
+#: What raw input values mean. A package records the units its network was trained on; the one
+#: preprocessing path converts other units onto them (``runtime.preprocess.convert_units``).
+UNITS = {
+    "reflectance": "reflectance as a fraction, about 0-1 (Sentinel Hub units=REFLECTANCE)",
+    "dn": "Sentinel-2 digital numbers: reflectance x 10000 (L1C or L2A, baseline offset removed)",
+    "rgb8": "EuroSAT's 8-bit true-colour rendering: clip(reflectance x 10000 / 2750 x 255, 0, 255)",
+}
 SCALING_TYPES = {"z-score", "min-max", "clip", "clip-min", "clip-max", "offset", "scale"}
 
 # A qualitative palette (Tableau 10) for classes whose source gives no colours.
@@ -58,8 +65,13 @@ class ModelSpec:
     framework: str = "PyTorch"
     framework_version: str | None = None
     description: str = ""
+    #: Units of the raw values the network was trained on (a key of ``UNITS``); None: unknown
+    #: (imported models), inputs are passed on as they come.
+    units: str | None = None
 
     def __post_init__(self) -> None:
+        if self.units is not None and self.units not in UNITS:
+            raise PackageSpecError(f"input units {self.units!r} are not one of {sorted(UNITS)}")
         if self.layout not in LAYOUTS:
             raise PackageSpecError(f"layout {self.layout!r} is not one of {sorted(LAYOUTS)}")
         if self.output_kind not in ("probabilities", "logits"):
@@ -104,6 +116,8 @@ class ModelSpec:
         }
         if self.value_scaling:
             mlm_input["value_scaling"] = self.value_scaling
+        if self.units:
+            mlm_input["description"] = f"raw input units: {UNITS[self.units]}"
         return {
             "mlm:name": self.name,
             "mlm:architecture": self.architecture,
@@ -133,6 +147,7 @@ class ModelSpec:
                 }
             ],
             "eodeploy:output_kind": self.output_kind,
+            **({"eodeploy:input_units": self.units} if self.units else {}),
         }
 
     @classmethod
@@ -164,6 +179,7 @@ class ModelSpec:
                 framework=props.get("mlm:framework", "ONNX"),
                 framework_version=props.get("mlm:framework_version"),
                 description=item.get("properties", {}).get("description", ""),
+                units=props.get("eodeploy:input_units"),
             )
         except (KeyError, IndexError, TypeError, StopIteration) as exc:
             raise PackageSpecError(

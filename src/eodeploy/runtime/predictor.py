@@ -116,8 +116,10 @@ class Predictor:
             "inter_op_num_threads": opts.inter_op_num_threads,
         }
 
-    def preprocess(self, x: np.ndarray, band_names: Sequence[str] | None = None) -> np.ndarray:
-        return preprocess(x, self.spec, band_names)
+    def preprocess(
+        self, x: np.ndarray, band_names: Sequence[str] | None = None, units: str | None = None
+    ) -> np.ndarray:
+        return preprocess(x, self.spec, band_names, units)
 
     def run(self, tensor: np.ndarray) -> np.ndarray:
         """Run the model on an already preprocessed tensor; returns probabilities."""
@@ -144,16 +146,25 @@ class Predictor:
         return softmax(out) if self.spec.output_kind == "logits" else out
 
     def predict_proba(
-        self, x: np.ndarray, band_names: Sequence[str] | None = None, batch_size: int = 64
+        self,
+        x: np.ndarray,
+        band_names: Sequence[str] | None = None,
+        batch_size: int = 64,
+        units: str | None = None,
     ) -> np.ndarray:
-        tensor = self.preprocess(x, band_names)
+        """``units``: what ``x`` holds (reflectance, dn, rgb8 or auto); None: the model's own units."""
+        tensor = self.preprocess(x, band_names, units)
         parts = [self.run(tensor[i : i + batch_size]) for i in range(0, len(tensor), batch_size)]
         return np.concatenate(parts)
 
     def predict(
-        self, x: np.ndarray, band_names: Sequence[str] | None = None, batch_size: int = 64
+        self,
+        x: np.ndarray,
+        band_names: Sequence[str] | None = None,
+        batch_size: int = 64,
+        units: str | None = None,
     ) -> Prediction:
-        proba = self.predict_proba(x, band_names, batch_size)
+        proba = self.predict_proba(x, band_names, batch_size, units)
         ids = proba.argmax(axis=1).astype(np.int64)
         names = self.spec.class_names
         return Prediction(ids, [names[i] for i in ids], proba)

@@ -12,7 +12,14 @@ from typing import Any
 import numpy as np
 
 from eodeploy.errors import InvalidInputError
-from eodeploy.package.spec import ModelSpec
+from eodeploy.package.bands import canonical_band
+from eodeploy.package.spec import UNITS, ModelSpec
+
+#: EuroSAT-RGB's rendering: digital numbers (reflectance x 10000) / RGB8_DN_MAX x 255, clipped.
+RGB8_DN_MAX = 2750.0
+#: Float inputs whose finite values stay at or below this are reflectance fractions (0-1, bright
+#: cloud and snow up to ~1.7); digital numbers of real land are far above it.
+REFLECTANCE_MAX = 3.0
 
 
 def select_bands(x: np.ndarray, spec: ModelSpec, band_names: Sequence[str] | None) -> np.ndarray:
@@ -25,18 +32,64 @@ def select_bands(x: np.ndarray, spec: ModelSpec, band_names: Sequence[str] | Non
                 "or pass band_names so the bands can be matched by name"
             )
         return x
-    band_names = list(band_names)
-    if len(band_names) != x.shape[1]:
-        raise InvalidInputError(f"{len(band_names)} band names given for an input of {x.shape[1]} bands")
-    missing = [b for b in spec.bands if b not in band_names]
+    given = list(band_names)
+    if len(given) != x.shape[1]:
+        raise InvalidInputError(f"{len(given)} band names given for an input of {x.shape[1]} bands")
+    # 'B4', 'B04', 'red' and 'B04 (red)' are one band.
+    names = [canonical_band(str(b)) for b in given]
+    wanted = [canonical_band(b) for b in spec.bands]
+    missing = [b for b, w in zip(spec.bands, wanted) if w not in names]
     if missing:
         raise InvalidInputError(
             f"input lacks band(s) {', '.join(missing)} that model {spec.name!r} needs "
-            f"(input bands: {', '.join(band_names)})"
+            f"(input bands: {', '.join(map(str, given))})"
         )
-    if band_names == spec.bands:
+    if names == wanted:
         return x
-    return x[:, [band_names.index(b) for b in spec.bands]]
+    return x[:, [names.index(w) for w in wanted]]
+
+
+def guess_units(x: np.ndarray, model_units: str | None) -> str:
+    """What raw values most likely are: 8-bit integers are a true-colour rendering, other
+    integers Sentinel-2 digital numbers, floats at most ``REFLECTANCE_MAX`` reflectance; other
+    floats are 8-bit values for an 8-bit model when they stay within 0-255, else digital numbers."""
+    if x.dtype == np.uint8:
+        return "rgb8"
+    if not np.issubdtype(x.dtype, np.floating):
+        return "dn"
+    finite = x[np.isfinite(x)]
+    top = float(finite.max()) if finite.size else 0.0
+    if top <= REFLECTANCE_MAX:
+        return "reflectance"
+    if model_units == "rgb8" and top <= 255.0:
+        return "rgb8"
+    return "dn"
+
+
+def convert_units(x: np.ndarray, source: str, target: str | None) -> np.ndarray:
+    """Raw values in ``source`` units onto the ``target`` units a model was trained on.
+
+    The only place the units meet: reflectance x 10000 = digital numbers; digital numbers
+    / 2750 x 255, clipped to 0-255 and rounded, = EuroSAT's 8-bit rendering (and back, exact
+    below saturation)."""
+    for u in (source, target):
+        if u is not None and u not in UNITS:
+            raise InvalidInputError(f"units {u!r} are not one of {', '.join(sorted(UNITS))} (or 'auto')")
+    if target is None or source == target:
+        return x
+    v = x.astype(np.float32, copy=True)
+    if source == "reflectance":
+        v *= 10000.0
+    elif source == "rgb8":
+        v *= RGB8_DN_MAX / 255.0
+    # v is now in digital numbers
+    if target == "reflectance":
+        v /= 10000.0
+    elif target == "rgb8":
+        v *= 255.0 / RGB8_DN_MAX
+        np.clip(v, 0.0, 255.0, out=v)
+        np.rint(v, out=v)
+    return v
 
 
 def _per_band(scaling: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
@@ -97,8 +150,17 @@ def as_channels_first(x: np.ndarray, spec: ModelSpec) -> np.ndarray:
     return x
 
 
-def preprocess(x: np.ndarray, spec: ModelSpec, band_names: Sequence[str] | None = None) -> np.ndarray:
-    """Raw patches (N, C, H, W) or one patch (C, H, W) -> float32 tensor in the model's layout."""
+def preprocess(
+    x: np.ndarray,
+    spec: ModelSpec,
+    band_names: Sequence[str] | None = None,
+    units: str | None = None,
+) -> np.ndarray:
+    """Raw patches (N, C, H, W) or one patch (C, H, W) -> float32 tensor in the model's layout.
+
+    ``units``: what the raw values are (``reflectance``, ``dn``, ``rgb8``, or ``auto`` to guess
+    from dtype and range); they are converted onto the units the model was trained on. None:
+    the values already are in the model's units."""
     x = np.asarray(x)
     if x.ndim == 3:
         x = x[None]
@@ -122,6 +184,8 @@ def preprocess(x: np.ndarray, spec: ModelSpec, band_names: Sequence[str] | None 
             f"input holds {int(bad.sum())} NaN or infinite value(s) in patch(es) "
             f"{rows[:10].tolist()}; mask or fill nodata before predicting"
         )
+    if units is not None and spec.units is not None:
+        x = convert_units(x, guess_units(x, spec.units) if units == "auto" else units, spec.units)
     out = scale_values(x, spec)
     if spec.layout == "NHWC":
         out = np.ascontiguousarray(out.transpose(0, 2, 3, 1))

@@ -70,7 +70,11 @@ def create_app(settings: Settings | None = None, grpc: bool = True) -> FastAPI:
             "(areas of interest, runs, time series, alerts) are under /monitor."
         ),
         lifespan=lifespan,
+        # /docs is served below from Swagger UI files installed with the server, not from a CDN.
+        docs_url=None,
+        redoc_url=None,
     )
+    _local_docs(app)
     metrics = ServerMetrics()
     registry = ModelRegistry(settings, metrics)
     app.state.settings = settings
@@ -111,3 +115,24 @@ def create_app(settings: Settings | None = None, grpc: bool = True) -> FastAPI:
         return RedirectResponse("/docs")
 
     return app
+
+
+def _local_docs(app: FastAPI) -> None:
+    """Swagger UI at /docs from the ``swagger-ui-bundle-v2`` package's files: a field office without
+    internet (or a locked-down cluster) still gets a working page."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.staticfiles import StaticFiles
+    from starlette.responses import HTMLResponse
+    from swagger_ui_bundle import swagger_ui_path
+
+    app.mount("/static/swagger-ui", StaticFiles(directory=swagger_ui_path), name="swagger-ui")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=f"{app.title} - API",
+            swagger_js_url="/static/swagger-ui/swagger-ui-bundle.js",
+            swagger_css_url="/static/swagger-ui/swagger-ui.css",
+            swagger_favicon_url="/static/swagger-ui/favicon-32x32.png",
+        )

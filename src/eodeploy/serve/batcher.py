@@ -27,11 +27,12 @@ class BatchConfig:
 class _Pending:
     raw: np.ndarray
     band_names: Sequence[str] | None
+    units: str | None
     future: asyncio.Future[np.ndarray]
     enqueued: float = field(default_factory=time.perf_counter)
 
 
-Preprocess = Callable[[np.ndarray, Sequence[str] | None], np.ndarray]
+Preprocess = Callable[[np.ndarray, Sequence[str] | None, str | None], np.ndarray]
 Run = Callable[[np.ndarray], np.ndarray]
 Observer = Callable[[str, float], None]
 
@@ -70,7 +71,9 @@ class DynamicBatcher:
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._worker())
 
-    async def submit(self, raw: np.ndarray, band_names: Sequence[str] | None = None) -> np.ndarray:
+    async def submit(
+        self, raw: np.ndarray, band_names: Sequence[str] | None = None, units: str | None = None
+    ) -> np.ndarray:
         if self._closing:
             raise ServerBusyError("this model version is being unloaded; retry", retry_after_s=0.5)
         n = len(raw)
@@ -81,7 +84,7 @@ class DynamicBatcher:
                 retry_after_s=1.0,
             )
         fut: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(raw, band_names, fut))
+        self._queue.append(_Pending(raw, band_names, units, fut))
         self._queued += n
         self._observe("pending", self._queued)
         self._wakeup.set()
@@ -154,7 +157,7 @@ class DynamicBatcher:
         good: list[_Pending] = []
         for p in batch:
             try:
-                tensors.append(self._preprocess(p.raw, p.band_names))
+                tensors.append(self._preprocess(p.raw, p.band_names, p.units))
                 good.append(p)
             except Exception as exc:  # one bad request must not fail the others
                 _resolve(p.future, exc=exc)

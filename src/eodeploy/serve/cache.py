@@ -14,9 +14,13 @@ import numpy as np
 log = logging.getLogger("eodeploy.serve.cache")
 
 
-def cache_key(name: str, version: int, raw: np.ndarray, band_names: Sequence[str] | None) -> str:
+def cache_key(
+    name: str, version: int, raw: np.ndarray, band_names: Sequence[str] | None, units: str | None = None
+) -> str:
     h = hashlib.blake2b(digest_size=20)
-    h.update(f"{name}\0{version}\0{raw.dtype.str}\0{raw.shape}\0{','.join(band_names or [])}\0".encode())
+    h.update(
+        f"{name}\0{version}\0{raw.dtype.str}\0{raw.shape}\0{','.join(band_names or [])}\0{units}\0".encode()
+    )
     h.update(np.ascontiguousarray(raw).data)
     return h.hexdigest()
 

@@ -71,6 +71,7 @@ class InferenceService:
         version: int | str | None = None,
         label: str | None = None,
         band_names: Sequence[str] | None = None,
+        units: str | None = "auto",
         routing_key: str | None = None,
         input_name: str | None = None,
     ) -> InferenceResult:
@@ -88,13 +89,13 @@ class InferenceService:
             raw = self._check(served, raw)
             key = None
             if self.cache is not None:
-                key = cache_key(served.name, served.version, raw, band_names)
+                key = cache_key(served.name, served.version, raw, band_names, units)
                 hit = self.cache.get(key)
                 if hit is not None and len(hit) == len(raw):
                     self.metrics.cache_hits.labels(model=served.name).inc()
                     return InferenceResult(served, hit, cached=True)
                 self.metrics.cache_misses.labels(model=served.name).inc()
-            proba = await served.batcher.submit(raw, band_names)
+            proba = await served.batcher.submit(raw, band_names, units)
             if key is not None and self.cache is not None:
                 self.cache.put(key, proba)
             return InferenceResult(served, proba)

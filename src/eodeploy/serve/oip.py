@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from eodeploy.errors import InvalidInputError
+from eodeploy.package.spec import UNITS
 from eodeploy.serve.inference import InferenceResult
 from eodeploy.serve.registry import ServedModel
 
@@ -114,6 +115,17 @@ def build_outputs(
         arr = available[name]
         out.append(OutputTensor(name, "FP32" if arr.dtype == np.float32 else "INT64", list(arr.shape), arr))
     return out
+
+
+def units_param(parameters: dict[str, Any] | None) -> str:
+    """Our extension: ``"units": "reflectance" | "dn" | "rgb8" | "auto"`` (default auto: guessed
+    from the tensor's type and range, see ``runtime.preprocess.guess_units``)."""
+    value = (parameters or {}).get("units", "auto")
+    if value != "auto" and value not in UNITS:
+        raise InvalidInputError(
+            f"parameter units must be one of auto, {', '.join(sorted(UNITS))}; got {value!r}"
+        )
+    return str(value)
 
 
 def band_names_param(parameters: dict[str, Any] | None) -> list[str] | None:

@@ -30,6 +30,7 @@ from eodeploy.serve.oip import (
     band_names_param,
     build_outputs,
     model_metadata,
+    units_param,
 )
 from eodeploy.serve.tensors import from_bytes, from_json
 
@@ -176,6 +177,7 @@ async def _infer(pb: Any, state: Any, request: Any, metadata: dict[str, Any]) ->
         protocol="oip_grpc",
         version=request.model_version or None,
         band_names=band_names_param(params),
+        units=units_param(params),
         routing_key=metadata.get("x-routing-key"),
         input_name=t.name,
     )

@@ -20,6 +20,7 @@ from eodeploy.serve.oip import (
     build_outputs,
     model_config,
     model_metadata,
+    units_param,
 )
 from eodeploy.serve.tensors import check_shape, from_bytes, from_json
 
@@ -189,6 +190,7 @@ async def _run(
         protocol="oip_http_binary" if binary else "oip_http_json",
         version=version,
         band_names=band_names_param(params),
+        units=units_param(params),
         routing_key=request.headers.get("x-routing-key"),
         input_name=req["inputs"][0]["name"],
     )

@@ -12,6 +12,7 @@ from starlette.responses import Response
 from eodeploy.errors import InvalidInputError
 from eodeploy.serve.auth import require_inference
 from eodeploy.serve.errors import json_response
+from eodeploy.serve.oip import band_names_param, units_param
 from eodeploy.serve.registry import ServedModel
 
 router = APIRouter(tags=["TensorFlow Serving REST"])
@@ -137,12 +138,18 @@ async def predict(
     if row and not isinstance(data, list):
         raise InvalidInputError('"instances" must be a list of patches')
     arr = _to_array(data)
+    # Our extension, as in OIP: "parameters": {"band_names": "B04,B03,B02", "units": "reflectance"}.
+    params = body.get("parameters")
+    if params is not None and not isinstance(params, dict):
+        raise InvalidInputError('"parameters" must be an object such as {"band_names": "B04,B03,B02"}')
     result = await request.app.state.inference.infer(
         name,
         arr,
         protocol="tfserving",
         version=version,
         label=label,
+        band_names=band_names_param(params),
+        units=units_param(params),
         routing_key=request.headers.get("x-routing-key"),
     )
     proba = result.probabilities.tolist()

@@ -15,6 +15,7 @@ from starlette.responses import JSONResponse
 
 from eodeploy.data.images import decode_image
 from eodeploy.errors import InvalidInputError, PayloadTooLargeError
+from eodeploy.package.spec import UNITS
 from eodeploy.serve.auth import require_inference
 
 router = APIRouter(tags=["Upload"])
@@ -49,7 +50,17 @@ async def predict_upload(
     version: str | None = Query(None, description="model version (default: latest, or the canary split)"),
     label: str | None = Query(None, description="version label such as stable or canary"),
     top_k: int = Query(0, ge=0, le=100, description="also list the k most likely classes"),
+    band_names: str | None = Query(
+        None, description="comma-separated band names of the files (default: GeoTIFF band descriptions)"
+    ),
+    units: str = Query(
+        "auto",
+        description="what pixel values are: reflectance (0-1), dn (reflectance x 10000), rgb8 "
+        "(8-bit true colour: PNG/JPEG) or auto (guessed from type and range)",
+    ),
 ) -> JSONResponse:
+    if units != "auto" and units not in UNITS:
+        raise InvalidInputError(f"units must be one of auto, {', '.join(sorted(UNITS))}; got {units!r}")
     settings = request.app.state.settings
     name = model or settings.default_model.split(":")[0]
     content_type = request.headers.get("content-type", "")
@@ -68,9 +79,15 @@ async def predict_upload(
         raise InvalidInputError('no file uploaded; send it in the form field "image" (or several in "files")')
     if len(uploads) > settings.max_request_patches:
         raise PayloadTooLargeError(f"{len(uploads)} files exceed the limit of {settings.max_request_patches}")
-    arrays = []
+    arrays, described = [], []
     for f in uploads:
-        arrays.append(decode_image(await f.read(), f.filename or "upload"))
+        arr, names = decode_image(await f.read(), f.filename or "upload")
+        arrays.append(arr)
+        described.append(tuple(names) if names else None)
+    if band_names:
+        bands: list[str] | None = [b.strip() for b in band_names.split(",")]
+    else:  # GeoTIFF band descriptions, when every file names its bands alike
+        bands = list(described[0]) if described[0] and len(set(described)) == 1 else None
     shapes = {a.shape for a in arrays}
     if len(shapes) > 1:
         raise InvalidInputError(f"uploaded files differ in shape {sorted(shapes)}; send patches of one size")
@@ -80,6 +97,8 @@ async def predict_upload(
         protocol="upload",
         version=version,
         label=label,
+        band_names=bands,
+        units=units,
         routing_key=request.headers.get("x-routing-key"),
     )
     names = result.model.spec.class_names
