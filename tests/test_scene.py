@@ -71,6 +71,9 @@ def test_window_grid_and_taper() -> None:
     assert offsets(63, 64, 32) == []
     w = blend_weights(64)
     assert w.max() == 1 and w[0, 0] < w[16, 16] < w[32, 32] and np.allclose(w, w.T) and w.min() > 0
+    assert w[32, 0] < 0.001  # vanishes at the window edge (no seam there)
+    flat = blend_weights(64, left=True)
+    assert flat[32, 0] == flat[32, 31] and flat[32, 63] < 0.001
 
 
 def test_scene_outputs_areas_and_nodata(repo: ModelRepository, tmp_path: Path) -> None:

@@ -37,6 +37,12 @@ def predict(
     offset: Annotated[
         float | None, typer.Option(help="Add to every band value (e.g. -1000 for baseline >= 04.00).")
     ] = None,
+    units: Annotated[
+        str | None,
+        typer.Option(
+            help="What the values are: reflectance (0-1), dn (reflectance x 10000) or rgb8 (8-bit true colour); default: detected."
+        ),
+    ] = None,
     scheduler: Annotated[
         str | None, typer.Option(help="Dask scheduler address (tcp://HOST:PORT) for many inputs.")
     ] = None,
@@ -53,7 +59,7 @@ def predict(
 
     pkg = open_package(package, repo_path(repo))
     options = {"stride": stride, "overwrite": overwrite, "polygons": polygons, "mmu_ha": mmu, "mask": mask,
-               "band_names": bands.split(",") if bands else None, "offset": offset}  # fmt: skip
+               "band_names": bands.split(",") if bands else None, "offset": offset, "units": units}  # fmt: skip
     if len(inputs) > 1 and (scheduler or workers):
         from eodeploy.geo.distributed import predict_scenes
 
@@ -70,7 +76,12 @@ def predict(
             from eodeploy.runtime.predictor import Predictor
 
             stats = predict_patches(
-                Predictor(pkg), src, target, overwrite=overwrite, band_names=options["band_names"]
+                Predictor(pkg),
+                src,
+                target,
+                overwrite=overwrite,
+                band_names=options["band_names"],
+                units=units or "auto",
             )  # type: ignore[arg-type]
             counts = ", ".join(f"{k} {v}" for k, v in stats["counts"].items() if v)
             console.print(f"{stats['input']['patches']} patches → {target}: {counts}")
@@ -90,8 +101,20 @@ def predict(
                 dt = max(time.perf_counter() - state["t0"], 1e-6)
                 bar.update(task, completed=frac, km2=done, rate=done / dt)
 
-            stats = predict_scene(pkg, src, target, on_progress=progress, **options)  # type: ignore[arg-type]
+            stats = predict_scene(pkg, src, target, on_progress=progress, on_warning=_warn_shift, **options)  # type: ignore[arg-type]
         _report(str(src), stats, target)
+
+
+def _warn_shift(shift: dict) -> None:  # type: ignore[type-arg]
+    bands = ", ".join(f"{b} {shift['bands'][b]['shift']:.1f}" for b in shift["bands_flagged"]) or "none"
+    err_console.print(
+        f"[bold yellow]warning:[/] this scene is unlike the model's training data: median band shift "
+        f"{shift['median_shift']:.2f} reference IQRs (limit {shift['scene_limit']}); bands over "
+        f"{shift['band_limit']}: {bands}"
+    )
+    for cause in shift["causes"]:
+        err_console.print(f"  [yellow]•[/] {cause}")
+    err_console.print("  the map is made anyway; details in stats.json (training_data_shift)")
 
 
 def _report(src: str, stats: dict, target: Path | None = None) -> None:  # type: ignore[type-arg]

@@ -22,7 +22,7 @@ from eodeploy.geo.area import PixelArea
 from eodeploy.geo.sources import Scene
 from eodeploy.geo.tiling import blend_weights, offsets
 from eodeploy.runtime.predictor import Predictor
-from eodeploy.runtime.preprocess import neutral_values
+from eodeploy.runtime.preprocess import convert_units, neutral_values
 
 NODATA = 255  # class-map value of pixels never classified (nodata, cloud)
 _DONE = object()
@@ -71,7 +71,15 @@ def classify_scene(
         raise DataError(f"stride {stride} must be between 1 and the patch size {p}")
     k = len(spec.classes)
     ys, xs = offsets(scene.height, p, stride), offsets(scene.width, p, stride)
-    weight = blend_weights(p)
+    weights: dict[tuple[bool, ...], np.ndarray] = {}
+
+    def weight_at(y: int, x: int) -> np.ndarray:
+        """The window's taper, flat on the sides that lie on the scene's border."""
+        key = (y == 0, y + p >= scene.height, x == 0, x + p >= width)
+        if key not in weights:
+            weights[key] = blend_weights(p, *key)
+        return weights[key]
+
     fill = neutral_values(predictor.spec)[:, None, None]
     width = scene.width
     dense = getattr(predictor, "dense", False)
@@ -97,6 +105,7 @@ def classify_scene(
             try:
                 for y in ys:
                     raw, nodata, cloud = scene.read(y, bx0, p, bw)
+                    raw = convert_units(raw, scene.units, spec.units)
                     invalid = nodata | cloud
                     windows, places = [], []
                     for x in xb:
@@ -157,6 +166,7 @@ def classify_scene(
                     nod[off : off + p] |= nodata
                     cld[off : off + p] |= cloud
                     for x, pr in zip(places, proba):
+                        weight = weight_at(y, x)
                         # A patch classifier's one distribution covers its window; a segmentation
                         # model's per-pixel distributions are blended pixel by pixel.
                         contrib = pr * weight[None] if dense else pr[:, None, None] * weight[None]

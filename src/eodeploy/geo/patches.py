@@ -56,7 +56,9 @@ def predict_patches(
     out: str | Path,
     overwrite: bool = False,
     band_names: list[str] | None = None,
+    units: str = "auto",
 ) -> dict[str, Any]:
+    """``units``: what the patches hold (reflectance, dn, rgb8), guessed from the stack when auto."""
     folder, out = Path(folder), Path(out)
     if out.exists() and not overwrite:
         from eodeploy.geo.predict import OutputExistsError
@@ -69,7 +71,7 @@ def predict_patches(
     shapes = {a.shape for a in arrays}
     if len(shapes) > 1:
         raise DataError(f"{folder}: patches differ in shape {sorted(shapes)}; export them at one size")
-    pred = predictor.predict(np.stack(arrays), band_names=band_names)
+    pred = predictor.predict(np.stack(arrays), band_names=band_names, units=units)
     names = predictor.spec.class_names
     rows, features = [], []
     area_ha = dict.fromkeys(names, 0.0)

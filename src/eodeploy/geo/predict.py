@@ -17,6 +17,7 @@ from eodeploy.geo.outputs import (
     CLASSES_TIF,
     CONFIDENCE_TIF,
     GeoTiffSink,
+    scene_times,
     to_cog,
     write_polygons,
     write_preview,
@@ -59,6 +60,8 @@ def predict_scene(
     on_progress: Callable[[float, float], None] | None = None,
     intra_op_threads: int | None = None,
     aoi: Any = None,
+    units: str | None = None,
+    on_warning: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Classify ``source`` (only around ``aoi``, a shapely geometry in WGS84, when given;
     ``on_progress(fraction done, km² of the scene)``) and write classes/confidence COGs, polygons, stats.json and item.json
@@ -77,7 +80,7 @@ def predict_scene(
         return _predict_scene(
             package, source, Path(out), stride=stride, overwrite=overwrite, polygons=polygons, mmu_ha=mmu_ha,
             mask=mask, band_names=band_names, offset=offset, on_progress=on_progress,
-            intra_op_threads=intra_op_threads, aoi=aoi,
+            intra_op_threads=intra_op_threads, aoi=aoi, units=units, on_warning=on_warning,
         )  # fmt: skip
     finally:
         for key, value in (("GDAL_CACHEMAX", previous), ("GDAL_DISABLE_READDIR_ON_OPEN", readdir)):
@@ -105,6 +108,8 @@ def _predict_scene(
     on_progress: Callable[[float, float], None] | None,
     intra_op_threads: int | None,
     aoi: Any,
+    units: str | None,
+    on_warning: Callable[[dict[str, Any]], None] | None,
 ) -> dict[str, Any]:
     # Idle ONNX Runtime threads must not spin: the reader and writer threads need those cores.
     predictor = (
@@ -120,7 +125,7 @@ def _predict_scene(
     out = Path(out)
     if out.exists() and not overwrite:
         raise OutputExistsError(f"output folder {out} exists; choose another --out or pass --overwrite")
-    scene = open_scene(source, spec.bands, band_names=band_names, mask=mask, offset=offset)
+    scene = open_scene(source, spec.bands, band_names=band_names, mask=mask, offset=offset, units=units)
     stride = stride or default_stride(spec.height)
     if aoi is not None:
         full = scene
@@ -129,6 +134,11 @@ def _predict_scene(
         except DataError as exc:
             raise OutsideSceneError(f"{source}: {exc}") from exc
         scene.provenance["window"] = {"row_off": scene.row_off, "col_off": scene.col_off}
+    from eodeploy.geo.drift import scene_shift
+
+    shift = scene_shift(scene, spec, predictor.package.properties.get("eodeploy:reference_stats"))
+    if shift and shift["unlike_training"] and on_warning:
+        on_warning(shift)
     out.parent.mkdir(parents=True, exist_ok=True)
     work = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
     work.mkdir()
@@ -175,6 +185,8 @@ def _predict_scene(
             "cloud_ha": round(run.cloud_m2 / 1e4, 4),
             "total_ha": round(total / 1e4, 4),
             "classified_share": round(float(run.class_m2.sum()) / total, 4) if total else 0.0,
+            "acquired": scene_times(scene),
+            "training_data_shift": shift,
             "area_method": "geodesic pixel areas on WGS84 (pyproj.Geod), per 64x64-pixel cell",
             "polygons": n_polygons,
             "min_mapping_unit_ha": mmu_ha if polygons else None,
@@ -186,8 +198,8 @@ def _predict_scene(
         (work / "stats.json").write_text(json.dumps(stats, indent=2))
         name = Path(source[0] if isinstance(source, list) else source).name
         write_preview(work / CLASSES_TIF, work / "preview.png", spec,
-                      f"{name} — {predictor.package.name} v{predictor.package.version}")  # fmt: skip
-        write_stac_item(work, scene, stats, spec, predictor.package.path / "item.json", polygons)
+                      f"{name} — {predictor.package.name} v{predictor.package.version}", outline=aoi)  # fmt: skip
+        write_stac_item(work, scene, stats, spec, predictor.package.path / "item.json", polygons, out.name)
         if out.exists():
             old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
             out.rename(old)

@@ -16,14 +16,8 @@ from typing import Any
 import numpy as np
 
 from eodeploy.errors import DataError
+from eodeploy.package.bands import canonical_band, normalize_band
 
-#: STAC/Earth Search common names and asset keys -> Sentinel-2 band ids.
-COMMON_NAMES = {
-    "coastal": "B01", "blue": "B02", "green": "B03", "red": "B04", "rededge1": "B05", "rededge2": "B06",
-    "rededge3": "B07", "nir": "B08", "nir08": "B8A", "nir09": "B09", "cirrus": "B10", "swir16": "B11",
-    "swir22": "B12",
-}  # fmt: skip
-_BAND = re.compile(r"(?:^|[^A-Za-z0-9])B(\d{1,2}|8A)(?:[^A-Za-z0-9]|$)", re.I)
 #: Scene classification (SCL) values that are not clear ground: no data, saturated, cloud shadow,
 #: cloud medium/high probability, thin cirrus.
 SCL_INVALID = (0, 1, 3, 8, 9, 10)
@@ -34,18 +28,6 @@ QA60_CLOUD = (1 << 10) | (1 << 11)
 #: Band descriptions recognised as a cloud layer inside a multi-band file, and how to read them.
 MASK_BANDS = {"scl": "scl", "qa60": "qa60", "probability": "probability", "cloud_probability": "probability",
               "cld": "probability", "msk_cldprb": "probability", "cloud_mask": "binary"}  # fmt: skip
-
-
-def normalize_band(name: str) -> str | None:
-    """'B1', 'b01', 'B8a', 'nir08', 'S2_B02_10m' -> 'B01', 'B01', 'B8A', 'B8A', 'B02'."""
-    n = name.strip()
-    if n.lower() in COMMON_NAMES:
-        return COMMON_NAMES[n.lower()]
-    m = _BAND.search(f"_{n}_")
-    if not m:
-        return None
-    v = m.group(1).upper()
-    return "B8A" if v == "8A" else f"B{int(v):02d}"
 
 
 @dataclass
@@ -73,6 +55,8 @@ class Scene:
     #: Pixel offset of this scene's grid in the files' grid (a scene cropped to an area).
     row_off: int = 0
     col_off: int = 0
+    #: What the stored values are (reflectance, dn or rgb8; see ``package.spec.UNITS``).
+    units: str = "dn"
     _open: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def crop(self, bounds: tuple[float, float, float, float], pad: int = 0, align: int = 1) -> Scene:
@@ -95,7 +79,7 @@ class Scene:
         return Scene(
             self.bands, self.order, self.crs, window_transform(win, self.transform), c1 - c0, r1 - r0,
             self.mask_path, self.mask_kind, self.mask_index, dict(self.provenance),
-            self.row_off + r0, self.col_off + c0,
+            self.row_off + r0, self.col_off + c0, self.units,
         )  # fmt: skip
 
     def _dataset(self, path: str) -> Any:
@@ -118,13 +102,17 @@ class Scene:
                 )  # fmt: skip
         return self._open[path]
 
-    def read(self, row: int, col: int, height: int, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(bands, h, w) float32 raw values in model order, ``nodata`` mask and ``cloud`` mask."""
+    def read(
+        self, row: int, col: int, height: int, width: int, out_shape: tuple[int, int] | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(bands, h, w) float32 raw values in model order, ``nodata`` mask and ``cloud`` mask;
+        ``out_shape`` (h, w) reads the window decimated (nearest; overviews when the file has them)."""
         from rasterio.windows import Window
 
         win = Window(col + self.col_off, row + self.row_off, width, height)
-        out = np.empty((len(self.order), height, width), np.float32)
-        nodata = np.zeros((height, width), bool)
+        h, w = out_shape or (height, width)
+        out = np.empty((len(self.order), h, w), np.float32)
+        nodata = np.zeros((h, w), bool)
         by_file: dict[str, list[int]] = {}
         for i, name in enumerate(self.order):
             by_file.setdefault(self.bands[name].path, []).append(i)
@@ -132,7 +120,7 @@ class Scene:
             ds = self._dataset(path)
             refs = [self.bands[self.order[i]] for i in positions]
             # One read per file: a pixel-interleaved multi-band tile is decoded once, not once per band.
-            data = ds.read([r.index for r in refs], window=win)
+            data = ds.read([r.index for r in refs], window=win, out_shape=(len(refs), h, w))
             for i, ref, band in zip(positions, refs, data):
                 nd = ds.nodatavals[ref.index - 1]
                 if nd is not None and not np.isnan(nd):
@@ -143,9 +131,9 @@ class Scene:
                 if ref.offset:
                     out[i] += ref.offset
                     np.maximum(out[i], 0, out=out[i])
-        cloud = np.zeros((height, width), bool)
+        cloud = np.zeros((h, w), bool)
         if self.mask_path:
-            m = self._dataset(self.mask_path).read(self.mask_index, window=win)
+            m = self._dataset(self.mask_path).read(self.mask_index, window=win, out_shape=(h, w))
             if self.mask_kind == "scl":
                 cloud = np.isin(m, SCL_INVALID)
             elif self.mask_kind == "probability":
@@ -156,6 +144,14 @@ class Scene:
                 cloud = m > 0
             cloud &= ~nodata
         return out, nodata, cloud
+
+    def sample(self, max_side: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+        """The whole scene decimated to at most ``max_side`` px a side: raw values (bands, h, w)
+        and the mask of clear pixels (neither nodata nor cloud), for scene statistics."""
+        f = max(1.0, max(self.height, self.width) / max_side)
+        shape = (max(1, round(self.height / f)), max(1, round(self.width / f)))
+        raw, nodata, cloud = self.read(0, 0, self.height, self.width, out_shape=shape)
+        return raw, ~(nodata | cloud)
 
     def close(self) -> None:
         for ds in self._open.values():
@@ -196,10 +192,44 @@ def open_scene(
     band_names: list[str] | None = None,
     mask: str | Path | None = None,
     offset: float | None = None,
+    units: str | None = None,
 ) -> Scene:
     """Open a GeoTIFF, a folder or list of band files, or a STAC Item JSON as a ``Scene``.
 
-    Clouds: ``mask`` (an SCL file, or a 0/1 mask), else an SCL band file or asset, else a cloud
+    ``units``: what the stored values are (reflectance, dn, rgb8); None: read from the data
+    (8-bit: rgb8, other integers: dn, floats up to ~3: reflectance, else dn)."""
+    scene = _open_scene(source, model_bands, band_names, mask, offset)
+    scene.units = units or _detect_units(scene)
+    scene.provenance["units"] = scene.units
+    return scene
+
+
+def _detect_units(scene: Scene) -> str:
+    """Units of a scene from its first band: dtype, then a decimated read of its values."""
+    from eodeploy.runtime.preprocess import guess_units
+
+    ref = scene.bands[scene.order[0]]
+    with _open_checked(ref.path) as ds:
+        dtype = np.dtype(ds.dtypes[ref.index - 1])
+        if dtype.kind != "f":
+            return "rgb8" if dtype == np.uint8 else "dn"
+        h, w = min(ds.height, 512), min(ds.width, 512)
+        sample = ds.read(ref.index, out_shape=(h, w)).astype(np.float32)
+        nd = ds.nodatavals[ref.index - 1]
+    valid = np.isfinite(sample) & ((sample != nd) if nd is not None and not np.isnan(nd) else True)
+    # A high quantile, not the maximum: a few saturated or glinting pixels prove nothing.
+    top = np.float32(np.quantile(sample[valid], 0.99)) if valid.any() else np.float32(0)
+    return guess_units(np.array([top], np.float32), None)
+
+
+def _open_scene(
+    source: str | Path | list[str | Path],
+    model_bands: list[str],
+    band_names: list[str] | None,
+    mask: str | Path | None,
+    offset: float | None,
+) -> Scene:
+    """Clouds: ``mask`` (an SCL file, or a 0/1 mask), else an SCL band file or asset, else a cloud
     band inside a multi-band file (described SCL, QA60 or probability/s2cloudless)."""
     refs: dict[str, BandRef] = {}
     prov: dict[str, Any] = {}
@@ -249,7 +279,11 @@ def _multiband(
     path: Path, model_bands: list[str], band_names: list[str] | None, offset: float | None
 ) -> tuple[dict[str, BandRef], dict[str, Any], tuple[int, str] | None]:
     with _open_checked(path) as ds:
-        names = band_names or [normalize_band(d) if d else None for d in ds.descriptions]
+        names = (
+            [canonical_band(b) for b in band_names]
+            if band_names
+            else [normalize_band(d) if d else None for d in ds.descriptions]
+        )
         how = "given" if band_names else "band descriptions"
         if band_names and len(band_names) != ds.count:
             raise DataError(f"{path}: {len(band_names)} band names given for {ds.count} bands")

@@ -16,12 +16,28 @@ def offsets(length: int, size: int, stride: int) -> list[int]:
     return starts
 
 
-def blend_weights(size: int, floor: float = 0.05) -> np.ndarray:
-    """A (size, size) weight that is 1 in the middle and fades towards the edges (a separable
-    triangular taper), so overlapping windows hand over smoothly instead of averaging flatly.
-    ``floor`` keeps edge pixels of the scene, covered by one window only, well defined."""
-    ramp = 1 - np.abs(np.arange(size) + 0.5 - size / 2) / (size / 2)
-    w = np.maximum(np.outer(ramp, ramp), floor)
+def blend_weights(
+    size: int, top: bool = False, bottom: bool = False, left: bool = False, right: bool = False
+) -> np.ndarray:
+    """A (size, size) weight that is 1 in the middle and fades to almost 0 at the window's edges
+    (a separable squared-triangular taper), so overlapping windows hand over smoothly.
+
+    The weight must vanish at the edges: a window that starts with a sizeable weight (an earlier
+    version kept a floor of 0.05) switches the blended class at its first column wherever the
+    windows around it are unsure, a straight seam along the window edge. Sides on the scene's
+    border (``top``... ``right``) stay flat instead, since no other window covers them."""
+    ramp = (1 - np.abs(np.arange(size) + 0.5 - size / 2) / (size / 2)) ** 2
+    half = size // 2
+    rows, cols = ramp.copy(), ramp.copy()
+    if top:
+        rows[:half] = ramp.max()
+    if bottom:
+        rows[half:] = ramp.max()
+    if left:
+        cols[:half] = ramp.max()
+    if right:
+        cols[half:] = ramp.max()
+    w = np.outer(rows, cols)
     return (w / w.max()).astype(np.float32)
 
 

@@ -15,8 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from eodeploy.errors import DataError
-
-_DATE = re.compile(r"(?<!\d)(\d{4})-?(\d{2})-?(\d{2})(?:[T_-]?(\d{2}):?(\d{2}):?(\d{2}))?(?!\d)")
+from eodeploy.geo.dates import acquisition, date_in, parse_iso
 
 
 @dataclass
@@ -28,53 +27,15 @@ class Candidate:
     cloud_cover: float | None = None  # whole-scene cloud cover (%), when the source says
 
 
-def _from_name(name: str) -> datetime | None:
-    for m in _DATE.finditer(name):
-        y, mo, d, hh, mm, ss = (int(g) if g else 0 for g in m.groups())
-        try:
-            if 1970 <= y <= 2200:
-                return datetime(y, mo, d, hh, mm, ss)
-        except ValueError:
-            continue
-    return None
-
-
 def scene_datetime(path: Path) -> datetime:
-    """Acquisition time: from the file name (2017-09-18, 20240105T022101), else TIFF tags, else
-    the file's modification time."""
+    """Acquisition time (``geo.dates.acquisition``: file name, STAC Item, TIFF tags; the start of
+    a composite's period), else the file's modification time."""
     from datetime import UTC
 
-    t = _from_name(path.name)
-    if t:
-        return t
-    if path.suffix.lower() == ".json":
-        try:
-            return _parse_iso(json.loads(path.read_text())["properties"]["datetime"])
-        except (OSError, ValueError, KeyError, TypeError):
-            pass
-    try:
-        import rasterio
-
-        with rasterio.open(path) as ds:
-            tags = ds.tags()
-        for key in ("ACQUISITION_DATE", "DATETIME", "datetime", "TIFFTAG_DATETIME", "SENSING_TIME"):
-            if key in tags:
-                t = (
-                    _from_name(tags[key].replace(":", "-", 2))
-                    if key == "TIFFTAG_DATETIME"
-                    else _from_name(tags[key])
-                )
-                if t:
-                    return t
-    except Exception:  # noqa: BLE001 - an unreadable file is reported when it is processed
-        pass
+    t, period = acquisition(path)
+    if t or period:
+        return t or period[0]  # type: ignore[index]
     return datetime.fromtimestamp(path.stat().st_mtime, UTC).replace(tzinfo=None)
-
-
-def _parse_iso(value: str) -> datetime:
-    from eodeploy.monitor.areas import naive_utc
-
-    return naive_utc(datetime.fromisoformat(value.replace("Z", "+00:00")))
 
 
 def _covers(path: Path, geom: Any) -> bool:
@@ -116,7 +77,7 @@ def _patch_folders(folder: Path) -> list[Candidate]:
     """Sub-folders named with a date that hold GeoTIFF patches (a GEE export of one date)."""
     out = []
     for d in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        when = _from_name(d.name)
+        when = date_in(d.name)
         tifs = sorted(d.glob("*.tif"))
         if when and tifs:
             out.append(Candidate(d.name, when, str(d)))
@@ -212,6 +173,6 @@ def _stac_candidates(source: dict[str, Any], geom: Any, as_of: datetime, cache_d
             path = cache_dir / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', item.id)}.json"
             path.write_text(json.dumps(item.to_dict()))
             href = str(path)
-        when = item.datetime or _parse_iso(item.properties["start_datetime"])
-        out.append(Candidate(item.id, _parse_iso(when.isoformat()), href, True, cc))
+        when = item.datetime or parse_iso(item.properties["start_datetime"])
+        out.append(Candidate(item.id, parse_iso(when.isoformat()), href, True, cc))
     return out
