@@ -455,3 +455,85 @@ def test_cloud_band_inside_the_file_and_crop_to_an_area(repo: ModelRepository, t
     far = box(100, 10, 100.01, 10.01)
     with pytest.raises(DataError, match="outside the scene"):
         predict_scene(repo.get("tiny"), path, tmp_path / "far", aoi=far)
+
+
+def test_no_seam_on_window_edges(tmp_path: Path) -> None:
+    """Where the windows around a pixel are unsure, a window starting there must not switch the
+    class at its first column. With a floor of 0.05 on the taper it did: a straight class edge on
+    the window boundary (column 128 of the Lahinch map, where confidence was 20-23 %)."""
+    from conftest import linear_onnx, linear_spec
+
+    w = np.zeros((13, 3))
+    w[0] = [-2.0, 2.0, 0.0]  # class 0 for a dark band 1, class 1 for a bright one, 2 in between
+    pkg = ModelRepository(tmp_path / "m").add("edge", linear_onnx(w, np.zeros(3)), linear_spec("edge"))
+    arr = np.full((13, 64, 256), 1000, np.uint16)  # z-score 0 except band 1
+    arr[0, :, :128] = 500  # z = -1: class 0, sure
+    arr[0, :, 128:] = 1480  # z = 0.96: class 1; the window at 96 (half each) is unsure, 0 by a hair
+    out = tmp_path / "out"
+    predict_scene(pkg, write_scene(tmp_path / "s.tif", arr, nodata=None), out, stride=32, polygons=False)
+    row = read(out / "classes.tif")[32]
+    assert row[127] == 0 and row[128] == 0, "class switched exactly at the window edge"
+    assert row[200] == 1
+    switch = int(np.argmax(row == 1))
+    assert 128 < switch < 160  # a gradual hand-over inside the overlap
+
+
+def test_polygons_respect_the_minimum_mapping_unit_around_clouds(tmp_path: Path) -> None:
+    """A fragment walled in by cloud/nodata has no class neighbour to merge into: it must not
+    survive as a polygon under the unit (188 of 195 polygons on a cloudy Lahinch date did)."""
+    import rasterio
+    from rasterio.transform import from_origin
+
+    from conftest import linear_spec
+    from eodeploy.geo.outputs import write_polygons
+
+    data = np.zeros((100, 100), np.uint8)
+    data[40:60, 40:60] = NODATA  # a cloud
+    data[49:52, 49:52] = 1  # a 9-pixel (0.09 ha) fragment inside it
+    data[0:30, 70:100] = 2  # a 9 ha region: kept
+    tif = tmp_path / "classes.tif"
+    with rasterio.open(tif, "w", driver="GTiff", width=100, height=100, count=1, dtype="uint8", crs="EPSG:32633",
+                       transform=from_origin(500000, 5000000, 10, 10), nodata=NODATA) as dst:  # fmt: skip
+        dst.write(data, 1)
+    n = write_polygons(tif, tmp_path / "p.geojson", linear_spec(), mmu_ha=0.5)
+    feats = json.loads((tmp_path / "p.geojson").read_text())["features"]
+    assert n == len(feats) == 2
+    assert min(f["properties"]["area_ha"] for f in feats) >= 0.5
+    assert {f["properties"]["class_id"] for f in feats} == {0, 2}
+
+
+def test_stac_item_id_time_and_movable_links(repo: ModelRepository, tmp_path: Path) -> None:
+    """The item's id comes from the output name (not the temporary folder), its datetime from the
+    scene (file name; a composite's period from its tags), never the processing time; links are
+    relative so inputs, models and outputs can move together."""
+    src = write_scene(tmp_path / "S2A_20210304T101021_tile.tif", scene_array())
+    predict_scene(repo.get("tiny"), src, tmp_path / "out", stride=32)
+    item = json.loads((tmp_path / "out" / "item.json").read_text())
+    assert item["id"] == "tiny-v1-out"
+    assert item["properties"]["datetime"] == "2021-03-04T10:10:21Z"
+    assert item["properties"]["created"] != item["properties"]["datetime"]
+    hrefs = [link["href"] for link in item["links"]]
+    assert all(not h.startswith("/") for h in hrefs)
+    assert (tmp_path / "out" / hrefs[0]).resolve() == src.resolve()
+    assert (tmp_path / "out" / hrefs[-1]).resolve() == (repo.get("tiny").path / "item.json").resolve()
+    stats = json.loads((tmp_path / "out" / "stats.json").read_text())
+    assert stats["acquired"] == {"datetime": "2021-03-04T10:10:21Z"}
+
+    mosaic = write_scene(tmp_path / "mosaic.tif", scene_array(),
+                         tags={"PRODUCT": "leastCC mosaic over 2024-06-01..2025-06-10"})  # fmt: skip
+    predict_scene(repo.get("tiny"), mosaic, tmp_path / "m", stride=32)
+    props = json.loads((tmp_path / "m" / "item.json").read_text())["properties"]
+    assert props["datetime"] is None
+    assert (props["start_datetime"], props["end_datetime"]) == (
+        "2024-06-01T00:00:00Z",
+        "2025-06-10T00:00:00Z",
+    )
+
+
+def test_preview_axes_name_the_crs_and_unit() -> None:
+    from rasterio.crs import CRS
+
+    from eodeploy.geo.outputs import axis_labels
+
+    assert axis_labels(CRS.from_epsg(32629)) == ("easting (m), EPSG:32629", "northing (m), EPSG:32629")
+    assert axis_labels(CRS.from_epsg(4326))[0] == "longitude (degrees), EPSG:4326"

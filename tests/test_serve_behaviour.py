@@ -377,3 +377,16 @@ def test_route_cli_writes_serving_json(tmp_path: Path) -> None:
     assert res.exit_code == 2 and "no version 9" in res.output
     res = CliRunner().invoke(app, ["models", "route", "tiny", "--policy", "newest", "--repo", str(repo.root)])
     assert res.exit_code == 2 and "not understood" in res.output
+
+
+def test_api_docs_work_offline(tmp_path: Path, client_for) -> None:  # type: ignore[no-untyped-def]
+    """/docs loads Swagger UI from the server itself: a CDN script leaves the page blank offline."""
+    client = client_for(make_repo(tmp_path))
+    page = client.get("/docs")
+    assert page.status_code == 200
+    assert "http://" not in page.text and "https://" not in page.text  # nothing from elsewhere
+    for asset in ("swagger-ui-bundle.js", "swagger-ui.css"):
+        assert f"/static/swagger-ui/{asset}" in page.text
+        got = client.get(f"/static/swagger-ui/{asset}")
+        assert got.status_code == 200 and len(got.content) > 100_000
+    assert client.get("/openapi.json").json()["openapi"].startswith("3.")

@@ -195,6 +195,16 @@ def scene_times(scene: Scene) -> dict[str, Any]:
     return {"datetime": None}
 
 
+def axis_labels(crs: Any) -> tuple[str, str]:
+    """Axis titles naming the map's CRS and unit: ('easting (m), EPSG:32629', ...)."""
+    epsg = f"EPSG:{crs.to_epsg()}" if crs.to_epsg() else crs.to_string()
+    if crs.is_geographic:
+        return f"longitude (degrees), {epsg}", f"latitude (degrees), {epsg}"
+    unit = crs.linear_units or "m"
+    unit = "m" if unit in ("metre", "meter") else unit
+    return f"easting ({unit}), {epsg}", f"northing ({unit}), {epsg}"
+
+
 def write_preview(
     classes_tif: Path, out: Path, spec: ModelSpec, title: str, max_px: int = 1024, outline: Any = None
 ) -> None:
@@ -241,15 +251,9 @@ def write_preview(
         handles.append(Line2D([], [], color="black", linewidth=1.5, label="area of interest"))
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
     ax.set_title(title, fontsize=10)
-    epsg = f"EPSG:{crs.to_epsg()}" if crs.to_epsg() else crs.to_string()
-    if crs.is_geographic:
-        ax.set_xlabel(f"longitude (degrees), {epsg}", fontsize=8)
-        ax.set_ylabel(f"latitude (degrees), {epsg}", fontsize=8)
-    else:
-        unit = crs.linear_units or "m"
-        unit = "m" if unit in ("metre", "meter") else unit
-        ax.set_xlabel(f"easting ({unit}), {epsg}", fontsize=8)
-        ax.set_ylabel(f"northing ({unit}), {epsg}", fontsize=8)
+    xlabel, ylabel = axis_labels(crs)
+    ax.set_xlabel(xlabel, fontsize=8)
+    ax.set_ylabel(ylabel, fontsize=8)
     ax.ticklabel_format(useOffset=False, style="plain")
     ax.tick_params(labelsize=7)
     fig.savefig(out, dpi=100, bbox_inches="tight")
