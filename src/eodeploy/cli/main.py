@@ -94,6 +94,13 @@ def train(
     ] = 0,
     threads: Annotated[int, typer.Option(help="PyTorch threads (0: all cores).")] = 0,
     batch_size: Annotated[int, typer.Option(help="Patches per training step.")] = 32,
+    init_from: Annotated[
+        str | None,
+        typer.Option(
+            help="Start from this package's network (NAME[:VERSION] or folder): its architecture, its "
+            "filters on the bands both share, its classifier when the classes are the same."
+        ),
+    ] = None,
     lr: Annotated[float, typer.Option(help="Peak learning rate of the one-cycle schedule.")] = 3e-3,
     refit: Annotated[
         bool, typer.Option(help="After early stopping, retrain on train+val for the chosen epoch count.")
@@ -104,7 +111,7 @@ def train(
     repo: RepoOpt = None,
 ) -> None:
     """Train a CNN with PyTorch on CPU and write it as a new package version."""
-    from eodeploy.package import ModelRepository
+    from eodeploy.package import ModelRepository, open_package
     from eodeploy.train.pipeline import cross_validate, train_package
     from eodeploy.train.trainer import TrainConfig
 
@@ -112,6 +119,7 @@ def train(
     config = TrainConfig(
         arch=arch, epochs=epochs, patience=patience, seed=seed, threads=threads or None, refit=refit,
         tta=tta, batch_size=batch_size, lr=lr,
+        init_from=str(open_package(init_from, repo_path(repo)).path) if init_from else None,
     )  # fmt: skip
     cv_result = None
     with progress() as bar:

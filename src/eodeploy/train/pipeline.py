@@ -50,6 +50,18 @@ def training_units(dtype: np.dtype) -> str:
     return "rgb8" if dtype == np.uint8 else "dn"
 
 
+def _start(data: PatchDataset, train: PatchDataset, name: str, config: TrainConfig) -> tuple[ModelSpec, Any]:
+    """The spec and the starting network: a new one, or ``config.init_from``'s weights."""
+    if not config.init_from:
+        return spec_for(data, train, name, config.arch), None
+    from eodeploy.train.transfer import pretrained_network, source_arch
+
+    source = ModelPackage(config.init_from)
+    spec = spec_for(data, train, name, source_arch(source))
+    model, spec = pretrained_network(source, spec)
+    return spec, model
+
+
 def fit_split(
     data: PatchDataset,
     split: Split,
@@ -61,14 +73,18 @@ def fit_split(
     import torch
 
     train, val, test = data.subset(split.train), data.subset(split.val), data.subset(split.test)
-    spec = spec_for(data, train, name, config.arch)
-    result = train_classifier(spec, train.images, train.labels, val.images, val.labels, config, on_epoch)
+    spec, model = _start(data, train, name, config)
+    result = train_classifier(
+        spec, train.images, train.labels, val.images, val.labels, config, on_epoch, model
+    )
     if config.refit:
         both = data.subset(split.train + split.val)
-        spec = spec_for(data, both, name, config.arch)
+        spec, model = _start(data, both, name, config)
         refit_cfg = replace(config, epochs=result.best_epoch, patience=config.epochs + 1, select_best=False)
         chosen = result
-        result = train_classifier(spec, both.images, both.labels, val.images, val.labels, refit_cfg, on_epoch)
+        result = train_classifier(
+            spec, both.images, both.labels, val.images, val.labels, refit_cfg, on_epoch, model
+        )
         result.best_epoch, result.best_val_accuracy = chosen.best_epoch, chosen.best_val_accuracy
     from eodeploy.runtime.preprocess import preprocess
 
@@ -94,13 +110,21 @@ def train_package(
 
     data = load_patch_folder(data_dir)
     split = stratified_split(data, seed=seed)
+    source = ModelPackage(config.init_from) if config.init_from else None
+    if source is not None:
+        from eodeploy.train.transfer import source_arch
+
+        config = replace(config, arch=source_arch(source))
     spec, result, torch_report = fit_split(data, split, config, name, on_epoch)
     # Reference statistics describe the data the final weights were fitted on.
     train = data.subset(split.train + split.val if config.refit else split.train)
     onnx_bytes = export_onnx(result.model, spec, tta=config.tta)
     props = {
         "mlm:total_parameters": int(sum(p.numel() for p in result.model.parameters())),
-        "mlm:pretrained": False,
+        "mlm:pretrained": source is not None,
+        **(
+            {"mlm:pretrained_source": f"{source.name} v{source.version} (eodeploy package)"} if source else {}
+        ),
         "mlm:batch_size_suggestion": 64,
         "mlm:accelerator": None,
         "mlm:hyperparameters": {k: v for k, v in asdict(config).items() if v is not None},
@@ -148,7 +172,12 @@ def train_package(
     # The PyTorch weights travel with the package so it can be pruned and fine-tuned later.
     props["eodeploy:weights"] = {"file": WEIGHTS_FILE, "arch": config.arch, "tta": config.tta}
     files = {"split.json": split.to_json().encode(), WEIGHTS_FILE: state_dict_bytes(result.model)}
-    pkg = repo.add(name, onnx_bytes, spec, props, files=files, check=check)
+    derived = (
+        (source.name, source.version)
+        if source is not None and source.path.parent.parent.resolve() == repo.root.resolve()
+        else None
+    )
+    pkg = repo.add(name, onnx_bytes, spec, props, files=files, check=check, derived_from=derived)
     # Test metrics come from the published ONNX model through the one predictor path.
     test = data.subset(split.test)
     pred = Predictor(pkg).predict(test.images).class_ids
@@ -178,6 +207,10 @@ def cross_validate(
 ) -> dict[str, Any]:
     """Repeat the seeded split + training for each seed; mean and spread of test accuracy."""
     data = load_patch_folder(data_dir)
+    if config.init_from:
+        from eodeploy.train.transfer import source_arch
+
+        config = replace(config, arch=source_arch(ModelPackage(config.init_from)))
     accs, f1s = [], []
     for s in seeds:
         cfg = TrainConfig(**{**asdict(config), "seed": s})

@@ -37,6 +37,9 @@ class TrainConfig:
     #: Bake 8-view test-time augmentation (flips/rotations) into the exported model: a little more
     #: accurate, 8x the inference cost. Off gives the fast variant for scenes and busy servers.
     tta: bool = True
+    #: A package folder whose network the new one starts from (``train.transfer``); its
+    #: architecture is used.
+    init_from: str | None = None
 
 
 @dataclass
