@@ -19,12 +19,13 @@ install-dev: $(BIN)/python
 	$(BIN)/pip install -q -e '.[train,keras,serve,openvino,litert,dask,postgres,dev]'
 
 # Main job on embedded defaults: the bundled model evaluated on the held-out split of the shared
-# EuroSAT data, then a real 13-band Sentinel-2 scene turned into a map with per-class hectares,
-# then a monitoring pass over an area in the five-date Lahinch series (results in ./eodeploy.db).
+# EuroSAT data, then a real 13-band Sentinel-2 scene and the Philippine (Tawi-Tawi) true-colour
+# scene turned into maps with per-class hectares, then a monitoring pass over an area in the five-date Lahinch series (results in ./eodeploy.db).
 run: install
 	$(BIN)/eodeploy models list
 	$(BIN)/eodeploy evaluate eurosat-cnn $(DATA) --split test --no-save --plot confusion_test.png
 	$(BIN)/eodeploy predict eurosat-cnn $(SCENE) --out predictions/lahinch --overwrite
+	$(BIN)/eodeploy predict eurosat-rgb $(S2DIR)/tawitawi_PH_s2l2a_rgb.tif --out predictions/tawitawi --overwrite
 	$(BIN)/eodeploy monitor add lahinch --geometry src/eodeploy/monitor/examples/lahinch.geojson \
 		--class Pasture --folder $(S2DIR) --pattern 'lahinch_*.tif' --threshold-ha 5 --alert-on loss
 	$(BIN)/eodeploy monitor run --area lahinch

@@ -38,12 +38,17 @@ def free_port() -> int:
 
 
 def sample_patch(data: Path) -> np.ndarray:
-    files = sorted(data.glob("*/*.tif")) if data.is_dir() else []
+    """A real patch as the data holds it: uint16 DN (EuroSAT-MS GeoTIFF) or uint8 (EuroSAT-RGB JPEG)."""
+    files = sorted([*data.glob("*/*.tif"), *data.glob("*/*.jpg")]) if data.is_dir() else []
     if files:
         from eodeploy.data.images import read_image
 
-        return read_image(files[0])[None].astype(np.uint16)
+        x = read_image(files[0])[None]
+        return x.astype(np.uint8 if x.dtype == np.uint8 else np.uint16)
     return np.random.default_rng(0).integers(200, 4000, (1, 13, 64, 64)).astype(np.uint16)
+
+
+OIP_TYPES = {np.dtype(np.uint8): "UINT8", np.dtype(np.uint16): "UINT16"}
 
 
 def in_process(package: Path, x: np.ndarray, seconds: float = 3.0) -> dict[str, float]:
@@ -64,19 +69,16 @@ def in_process(package: Path, x: np.ndarray, seconds: float = 3.0) -> dict[str, 
 
 def bodies(x: np.ndarray, tmp: Path) -> dict[str, tuple[str, Path, dict[str, str]]]:
     """name -> (path, body file, headers)."""
+    dtype = OIP_TYPES[x.dtype]
     header = json.dumps(
         {
-            "inputs": [{"name": "input", "shape": list(x.shape), "datatype": "UINT16",
+            "inputs": [{"name": "input", "shape": list(x.shape), "datatype": dtype,
                         "parameters": {"binary_data_size": x.nbytes}}],
             "parameters": {"binary_data_output": True},
         }
     ).encode()  # fmt: skip
     oip_json = json.dumps(
-        {
-            "inputs": [
-                {"name": "input", "shape": list(x.shape), "datatype": "UINT16", "data": x.ravel().tolist()}
-            ]
-        }
+        {"inputs": [{"name": "input", "shape": list(x.shape), "datatype": dtype, "data": x.ravel().tolist()}]}
     ).encode()
     tf_json = json.dumps({"instances": x.tolist()}).encode()
     files = {"oip_binary": header + x.tobytes(), "oip_json": oip_json, "tf_json": tf_json}
@@ -84,7 +86,7 @@ def bodies(x: np.ndarray, tmp: Path) -> dict[str, tuple[str, Path, dict[str, str
         (tmp / k).write_bytes(v)
     np.save(tmp / "x.npy", x)
     (tmp / "grpc.json").write_text(
-        json.dumps({"npy": str(tmp / "x.npy"), "model": MODEL, "input": "input", "datatype": "UINT16"})
+        json.dumps({"npy": str(tmp / "x.npy"), "model": MODEL, "input": "input", "datatype": dtype})
     )
     v2 = f"/v2/models/{MODEL}/infer"
     return {

@@ -133,7 +133,14 @@ def train(
         task = bar.add_task("training", total=epochs, info="")
 
         def on_epoch(epoch: int, row: dict[str, float]) -> None:
-            bar.update(task, completed=epoch, info=f"val acc {row['val_acc']:.3f} loss {row['val_loss']:.3f}")
+            info = f"val acc {row['val_acc']:.3f} loss {row['val_loss']:.3f}"
+            bar.update(task, completed=epoch, info=info)
+            if not err_console.is_terminal:  # a log file or CI: the bar is not drawn, say each epoch
+                elapsed = bar.tasks[task].elapsed or 0.0
+                left = elapsed / epoch * (epochs - epoch)
+                err_console.print(
+                    f"epoch {epoch}/{epochs}: {info}, {elapsed:.0f} s elapsed, ~{left:.0f} s left"
+                )
 
         pkg = train_package(
             data_dir, ModelRepository(repo_path(repo)), name, config, seed, on_epoch, cv_result

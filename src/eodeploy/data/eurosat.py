@@ -219,8 +219,8 @@ def stratified_split(data: PatchDataset, seed: int = 0, val: float = 0.2, test: 
         # A tiny class (a handful of files) may draw no test or validation file: its last train
         # files are moved over, so every class is measured. Real data sets never need this.
         if len(files) >= 3:
-            for side in ("test", "val"):
-                if not sides[side] and len(sides["train"]) > 1:
+            for side, share in (("test", test), ("val", val)):
+                if share > 0 and not sides[side] and len(sides["train"]) > 1:
                     sides[side].append(sides["train"].pop())
         for side, chosen in sides.items():
             out[side] += chosen
