@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from conftest import CLASSES, require, write_patch
 from eodeploy.cli.main import app
+from eodeploy.data import load_patch_folder, stratified_split
 from eodeploy.package import ModelPackage, ModelRepository
 
 runner = CliRunner()
@@ -64,9 +65,10 @@ def test_train_evaluate_export(eurosat_dir: Path, tmp_path: Path) -> None:
     assert props["eodeploy:training"]["data_hash"]
     assert set(props["eodeploy:reference_stats"]["bands"]) == set(pkg.spec.bands)
     assert sum(props["eodeploy:reference_stats"]["class_frequencies"].values()) == pytest.approx(1, abs=1e-3)
-    assert props["eodeploy:metrics"]["n"] == 6
+    expected = stratified_split(load_patch_folder(eurosat_dir), seed=0)
+    assert props["eodeploy:metrics"]["n"] == len(expected.test)
     split = json.loads((pkg.path / "split.json").read_text())
-    assert len(split["test"]) == 6 and not set(split["test"]) & set(split["train"])
+    assert split["test"] == expected.test and not set(split["test"]) & set(split["train"])
     assert pkg.spec.value_scaling[0]["type"] == "z-score"
 
     r = invoke("evaluate", str(pkg.path), str(eurosat_dir), "--split", "all")
@@ -140,6 +142,7 @@ def test_refit_trains_on_train_and_val(eurosat_dir: Path, tmp_path: Path) -> Non
     assert r.exit_code == 0, r.output
     pkg = ModelRepository(tmp_path).get("refit-cnn")
     assert pkg.properties["mlm:hyperparameters"]["refit"] is True
-    # Reference statistics cover train + val (18 of 24 patches), the data the weights saw.
-    assert pkg.properties["eodeploy:reference_stats"]["n_samples"] == 18
-    assert pkg.properties["eodeploy:metrics"]["n"] == 6
+    # Reference statistics cover train + val, the data the weights saw; the test split is left out.
+    expected = stratified_split(load_patch_folder(eurosat_dir), seed=0)
+    assert pkg.properties["eodeploy:reference_stats"]["n_samples"] == len(expected.train) + len(expected.val)
+    assert pkg.properties["eodeploy:metrics"]["n"] == len(expected.test)

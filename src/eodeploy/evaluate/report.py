@@ -33,7 +33,8 @@ def load_for_package(predictor: Predictor, data_dir: str | Path, split: str | No
 
 
 def evaluate(predictor: Predictor, data: PatchDataset, batch_size: int = 64) -> dict[str, Any]:
-    pred = predictor.predict(data.images, band_names=data.band_names, batch_size=batch_size)
+    # Files say what they hold (8-bit JPEG, uint16 DN): an RGB model evaluates on 13-band files too.
+    pred = predictor.predict(data.images, band_names=data.band_names, batch_size=batch_size, units="auto")
     report = classification_report(data.labels, pred.class_ids, predictor.spec.class_names)
     report["mean_confidence"] = round(float(pred.confidence.mean()), 4)
     report["data_hash"] = data.files_hash()
