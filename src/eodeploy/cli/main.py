@@ -290,12 +290,13 @@ def info() -> None:
     """ONNX Runtime providers and the settings in force."""
     import onnxruntime as ort
 
+    from eodeploy._secrets import mask_settings
     from eodeploy.runtime import choose_providers
 
     cfg = settings()
     console.print(f"onnxruntime {ort.__version__}; available providers: {ort.get_available_providers()}")
     console.print(f"providers eodeploy uses: {choose_providers()}")
-    console.print(cfg.model_dump())
+    console.print(mask_settings(cfg.model_dump()))
 
 
 def main() -> None:
