@@ -5,12 +5,15 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import requests
 from typer.testing import CliRunner
 
+from conftest import require
 from eodeploy.cli.main import app
 from eodeploy.package import ModelRepository
 from servers import free_port
@@ -34,8 +37,6 @@ def _serve(repo: Path, log: Path, *args: str, **env: str) -> tuple[int | None, s
             env=environ, stdout=fh, stderr=subprocess.STDOUT,
         )  # fmt: skip
     try:
-        import time
-
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if proc.poll() is not None:
@@ -118,3 +119,90 @@ def test_mask_url(url: str, masked: str) -> None:
     from eodeploy._secrets import mask_url
 
     assert mask_url(url) == masked
+
+
+# --- published versions are immutable (issue 12 item 16) -----------------------------------------
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_tflite_export_publishes_a_new_version_and_a_failed_one_deletes_nothing(
+    repo: ModelRepository, raw_patches: np.ndarray, tmp_path: Path
+) -> None:
+    require("tensorflow")
+    require("ai_edge_litert")
+    from eodeploy.errors import DataError
+    from eodeploy.package.tflite import export_tflite
+    from eodeploy.runtime.predictor import Predictor
+
+    v1 = repo.get("tiny", 1)
+    before = _snapshot(v1.path)
+    new = export_tflite(v1, None)
+    assert _snapshot(v1.path) == before, "the TFLite export modified published version 1"
+    assert new.version == 2 and new.properties["eodeploy:derived_from"] == {"name": "tiny", "version": 1}
+    record = new.properties["eodeploy:tflite"]
+    assert record["agreement_with_onnx"] >= 0.99
+    new.verify()
+    np.testing.assert_allclose(
+        Predictor(new, backend="litert").predict_proba(raw_patches), Predictor(v1).predict_proba(raw_patches),
+        atol=1e-4,
+    )  # fmt: skip
+
+    good = _snapshot(new.path)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DataError):
+        export_tflite(new, empty)  # fails after converting: the previous good export must survive
+    assert _snapshot(new.path) == good and (new.path / "model.tflite").is_file()
+    assert repo.versions("tiny") == [1, 2] and not list(repo.root.rglob(".*"))
+
+
+def test_optimize_never_rewrites_a_published_version(repo: ModelRepository, eurosat_dir: Path) -> None:
+    """Watch the repository while optimising: the new version's item.json, as first seen by a
+    reader, must be its final one (metrics recorded before it is published, not after)."""
+    import threading
+
+    from eodeploy.optimize import optimize_package
+
+    v1 = repo.get("tiny", 1)
+    before = _snapshot(v1.path)
+    seen: list[bytes] = []
+    stop = threading.Event()
+    item = repo.root / "tiny" / "2" / "item.json"
+
+    def watch() -> None:
+        while True:
+            try:
+                seen.append(item.read_bytes())
+                return
+            except OSError:
+                if stop.is_set():
+                    return
+                time.sleep(0.0005)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        pkg = optimize_package(v1, "fp16", eurosat_dir)
+    finally:
+        stop.set()
+        watcher.join()
+    assert _snapshot(v1.path) == before
+    assert "eodeploy:metrics" in pkg.properties
+    assert seen and seen[0] == item.read_bytes(), "version 2 was published, then rewritten"
+
+
+def test_one_atomic_writer() -> None:
+    """Files in packages, exports and serving.json are written by eodeploy._files.atomic_write_bytes
+    (fsync, then rename), not by ad-hoc temporary files."""
+    src = Path(__file__).resolve().parents[1] / "src" / "eodeploy"
+    files = [*(src / "package").glob("*.py"), *(src / "optimize").glob("*.py"), src / "serve" / "policy.py"]
+    offenders = [
+        f"{f.relative_to(src)}: {word}"
+        for f in files
+        for word in ("mkstemp", "os.replace", "NamedTemporaryFile")
+        if word in f.read_text()
+    ]
+    assert not offenders
