@@ -32,13 +32,15 @@ run: install
 	$(BIN)/eodeploy monitor series lahinch --plot monitoring/lahinch-series.png
 	$(BIN)/eodeploy monitor alerts
 
-# All tests, with every optional stack required (a missing one fails instead of skipping).
-test: install-dev
+# Static checks first (seconds: ruff, then mypy from its cache), then all tests with every optional
+# stack required (a missing one fails instead of skipping).
+test: lint
 	EODEPLOY_REQUIRE_EXTRAS=1 $(BIN)/python -m pytest -q
 
 lint: install-dev
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/mypy src
 
 bench: install-dev
 	$(BIN)/pip install -q -e '.[bench]'

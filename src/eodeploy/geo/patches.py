@@ -84,7 +84,7 @@ def predict_patches(
             "confidence": round(float(proba.max()), 4),
         }
         rows.append(row)
-        if geom is not None:
+        if geom is not None and area is not None:
             features.append(
                 {"type": "Feature", "geometry": geom, "properties": {**row, "area_ha": round(area / 1e4, 4)}}
             )
