@@ -6,7 +6,7 @@ DATA ?= ../shared/data/eurosat
 S2DIR ?= ../shared/data/sentinel2
 SCENE ?= $(S2DIR)/lahinch_IE_s2l1c_2017-09-18.tif
 
-.PHONY: run test lint bench install install-dev clean
+.PHONY: run test lint bench soak install install-dev clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -47,6 +47,12 @@ bench: install-dev
 	$(BIN)/python benchmarks/training.py --data $(DATA)
 	$(BIN)/python benchmarks/optimize.py --data $(DATA)
 	$(BIN)/python benchmarks/serving.py --data $(DATA)
+
+# A real server at 50 % of its capacity for 2 minutes, then a control that leaks on purpose
+# (SOAK_MINUTES=30 for the long form); figures in benchmarks/results/soak.json.
+SOAK_MINUTES ?= 2
+soak: install-dev
+	$(BIN)/python benchmarks/soak.py --minutes $(SOAK_MINUTES)
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache
