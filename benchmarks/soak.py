@@ -195,7 +195,7 @@ async def _pace(args: argparse.Namespace) -> None:
                 writer.close()
                 writer = None
         if writer is not None:
-            writer.close()
+            still_open.append(writer)  # closed after the last window is sampled, not before
 
     async def report() -> None:
         nonlocal window
@@ -220,9 +220,13 @@ async def _pace(args: argparse.Namespace) -> None:
             if end >= stop_at:
                 return
 
+    still_open: list[Any] = []
     workers = asyncio.gather(*(worker(i) for i in range(args.connections)))
     await report()
     await workers
+    await asyncio.sleep(1.0)  # the parent samples the server with every connection still open
+    for writer in still_open:
+        writer.close()
 
 
 def drive(
@@ -370,7 +374,7 @@ def main() -> int:
         return 0
     from rich.console import Console
 
-    console = Console()
+    console = Console(width=160)
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
         results = []
         for leak, minutes in ((0, args.minutes), (16384, args.control_minutes)):

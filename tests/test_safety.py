@@ -6,7 +6,9 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -159,18 +161,12 @@ def test_tflite_export_publishes_a_new_version_and_a_failed_one_deletes_nothing(
     assert repo.versions("tiny") == [1, 2] and not list(repo.root.rglob(".*"))
 
 
-def test_optimize_never_rewrites_a_published_version(repo: ModelRepository, eurosat_dir: Path) -> None:
-    """Watch the repository while optimising: the new version's item.json, as first seen by a
-    reader, must be its final one (metrics recorded before it is published, not after)."""
+def _first_seen_item(item: Path, write: Callable[[], Any]) -> tuple[Any, bytes | None]:
+    """Run ``write`` while a reader polls for ``item``: (write's result, the item.json first seen)."""
     import threading
 
-    from eodeploy.optimize import optimize_package
-
-    v1 = repo.get("tiny", 1)
-    before = _snapshot(v1.path)
     seen: list[bytes] = []
     stop = threading.Event()
-    item = repo.root / "tiny" / "2" / "item.json"
 
     def watch() -> None:
         while True:
@@ -185,13 +181,39 @@ def test_optimize_never_rewrites_a_published_version(repo: ModelRepository, euro
     watcher = threading.Thread(target=watch)
     watcher.start()
     try:
-        pkg = optimize_package(v1, "fp16", eurosat_dir)
+        result = write()
     finally:
         stop.set()
         watcher.join()
+    return result, (seen[0] if seen else None)
+
+
+def test_optimize_never_rewrites_a_published_version(repo: ModelRepository, eurosat_dir: Path) -> None:
+    """The new version's item.json, as first seen by a reader, must be its final one (metrics
+    recorded before it is published, not after)."""
+    from eodeploy.optimize import optimize_package
+
+    v1 = repo.get("tiny", 1)
+    before = _snapshot(v1.path)
+    item = repo.root / "tiny" / "2" / "item.json"
+    pkg, first = _first_seen_item(item, lambda: optimize_package(v1, "fp16", eurosat_dir))
     assert _snapshot(v1.path) == before
     assert "eodeploy:metrics" in pkg.properties
-    assert seen and seen[0] == item.read_bytes(), "version 2 was published, then rewritten"
+    assert first == item.read_bytes(), "version 2 was published, then rewritten"
+
+
+@pytest.mark.slow
+def test_training_never_rewrites_a_published_version(eurosat_dir: Path, tmp_path: Path) -> None:
+    require("torch")
+    from eodeploy.train.pipeline import train_package
+    from eodeploy.train.trainer import TrainConfig
+
+    repo = ModelRepository(tmp_path / "models")
+    item = repo.root / "cnn" / "1" / "item.json"
+    config = TrainConfig(epochs=1, patience=1, tta=False, threads=2)
+    pkg, first = _first_seen_item(item, lambda: train_package(eurosat_dir, repo, "cnn", config))
+    assert "eodeploy:metrics" in pkg.properties
+    assert first == item.read_bytes(), "version 1 was published, then rewritten"
 
 
 def test_one_atomic_writer() -> None:
