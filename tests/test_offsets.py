@@ -102,6 +102,25 @@ def test_same_geotiff_same_class_by_every_path(
     assert r.json()["class_id"] == expected
 
 
+def test_explicit_offset_is_applied_alike_to_a_scene_and_a_patch_folder(
+    repo: ModelRepository, tmp_path: Path
+) -> None:
+    """Files without tags: ``--offset -1000`` must reach a folder of patches as it reaches a scene."""
+    clear, expected = _clear_patch_whose_class_the_offset_changes()
+    folder = tmp_path / "untagged"
+    folder.mkdir()
+    _tagged_patch(folder / "p0.tif", clear, {})
+    np.save(folder / "p1.npy", (clear.astype(np.int32) + 1000).astype(np.uint16))
+    names = repo.get("tiny").spec.class_names
+    args = ("--offset", "-1000", "--repo", str(repo.root))
+    _cli("predict", "tiny", str(folder / "p0.tif"), "--out", str(tmp_path / "scene"), "--no-polygons", *args)
+    areas = json.loads((tmp_path / "scene" / "stats.json").read_text())["areas_ha"]
+    assert names.index(max(areas, key=lambda k: areas[k])) == expected
+    _cli("predict", "tiny", str(folder), "--out", str(tmp_path / "folder"), *args)
+    rows = (tmp_path / "folder" / "patches.csv").read_text().splitlines()[1:]
+    assert [r.split(",")[1] for r in rows] == [names[expected]] * 2
+
+
 def test_unreadable_offset_tag_is_a_clear_error(repo: ModelRepository, tmp_path: Path) -> None:
     clear, _ = _clear_patch_whose_class_the_offset_changes()
     folder = tmp_path / "bad"

@@ -82,6 +82,7 @@ def predict(
                 overwrite=overwrite,
                 band_names=options["band_names"],
                 units=units or "auto",
+                offset=offset,
             )
             counts = ", ".join(f"{k} {v}" for k, v in stats["counts"].items() if v)
             console.print(f"{stats['input']['patches']} patches → {target}: {counts}")

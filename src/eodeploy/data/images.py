@@ -17,20 +17,21 @@ NUMPY_SUFFIXES = {".npy"}
 IMAGE_SUFFIXES = GEOTIFF_SUFFIXES | PICTURE_SUFFIXES | NUMPY_SUFFIXES
 
 
-def read_image(path: str | Path) -> np.ndarray:
+def read_image(path: str | Path, offset: float | None = None) -> np.ndarray:
     """Return the file's pixels as (bands, height, width), unscaled; a GeoTIFF's declared
-    Sentinel-2 offset is applied (``data.offsets``, the one path scenes and uploads share)."""
+    Sentinel-2 offset is applied (``data.offsets``, the one path scenes and uploads share), or
+    ``offset`` when given (any format: ``eodeploy predict --offset``)."""
     path = Path(path)
     suffix = path.suffix.lower()
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     try:
         if suffix in GEOTIFF_SUFFIXES:
-            return _read_geotiff(path)
+            return _read_geotiff(path, offset)
         if suffix in PICTURE_SUFFIXES:
-            return _read_picture(path)
+            return apply_offset(_read_picture(path), offset or 0.0)
         if suffix in NUMPY_SUFFIXES:
-            return _read_npy(path)
+            return apply_offset(_read_npy(path), offset or 0.0)
     except DataError:
         raise
     except Exception as exc:  # the readers raise many types for a damaged file
@@ -71,7 +72,7 @@ def decode_image(data: bytes, name: str = "upload") -> tuple[np.ndarray, list[st
     )
 
 
-def _read_geotiff(path: Path) -> np.ndarray:
+def _read_geotiff(path: Path, offset: float | None = None) -> np.ndarray:
     import warnings
 
     import rasterio
@@ -80,7 +81,7 @@ def _read_geotiff(path: Path) -> np.ndarray:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with rasterio.open(path) as src:
-            return apply_offset(src.read(), geotiff_offset(src, str(path)))
+            return apply_offset(src.read(), geotiff_offset(src, str(path)) if offset is None else offset)
 
 
 def _read_picture(path: Path | Any) -> np.ndarray:
