@@ -188,6 +188,22 @@ def _first_seen_item(item: Path, write: Callable[[], Any]) -> tuple[Any, bytes |
     return result, (seen[0] if seen else None)
 
 
+def test_cli_tflite_export_names_the_new_version(
+    repo: ModelRepository, eurosat_dir: Path, tmp_path: Path
+) -> None:
+    require("tensorflow")
+    require("ai_edge_litert")
+    r = CliRunner().invoke(
+        app,
+        ["export", "tiny", "--format", "tflite", "--data", str(eurosat_dir), "--out", str(tmp_path / "edge"),
+         "--repo", str(repo.root)],
+        catch_exceptions=False,
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "tiny v2" in r.output and (tmp_path / "edge" / "tiny-2.tflite").is_file()
+    assert repo.versions("tiny") == [1, 2] and not (repo.get("tiny", 1).path / "model.tflite").exists()
+
+
 def test_optimize_never_rewrites_a_published_version(repo: ModelRepository, eurosat_dir: Path) -> None:
     """The new version's item.json, as first seen by a reader, must be its final one (metrics
     recorded before it is published, not after)."""
