@@ -6,7 +6,7 @@ DATA ?= ../shared/data/eurosat
 S2DIR ?= ../shared/data/sentinel2
 SCENE ?= $(S2DIR)/lahinch_IE_s2l1c_2017-09-18.tif
 
-.PHONY: run test lint bench install install-dev clean
+.PHONY: run test lint bench soak install install-dev clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -32,19 +32,27 @@ run: install
 	$(BIN)/eodeploy monitor series lahinch --plot monitoring/lahinch-series.png
 	$(BIN)/eodeploy monitor alerts
 
-# All tests, with every optional stack required (a missing one fails instead of skipping).
-test: install-dev
+# Static checks first (seconds: ruff, then mypy from its cache), then all tests with every optional
+# stack required (a missing one fails instead of skipping).
+test: lint
 	EODEPLOY_REQUIRE_EXTRAS=1 $(BIN)/python -m pytest -q
 
 lint: install-dev
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/mypy src
 
 bench: install-dev
 	$(BIN)/pip install -q -e '.[bench]'
 	$(BIN)/python benchmarks/training.py --data $(DATA)
 	$(BIN)/python benchmarks/optimize.py --data $(DATA)
 	$(BIN)/python benchmarks/serving.py --data $(DATA)
+
+# A real server at 50 % of its capacity for 2 minutes, then a control that leaks on purpose
+# (SOAK_MINUTES=30 for the long form); figures in benchmarks/results/soak.json.
+SOAK_MINUTES ?= 2
+soak: install-dev
+	$(BIN)/python benchmarks/soak.py --minutes $(SOAK_MINUTES)
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache

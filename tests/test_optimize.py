@@ -13,7 +13,7 @@ from conftest import reference_proba, require
 from eodeploy.cli.main import app
 from eodeploy.errors import DataError
 from eodeploy.optimize import OptimizationError, optimize_package
-from eodeploy.package import ModelRepository
+from eodeploy.package import ModelPackage, ModelRepository
 from eodeploy.runtime.backends import UnknownBackendError
 from eodeploy.runtime.predictor import Predictor
 
@@ -41,22 +41,54 @@ def _hidden(repo: ModelRepository) -> list[Path]:
 def test_int8_is_a_derived_version_with_recipe_and_metrics(
     cnn_repo: ModelRepository, eurosat_dir: Path
 ) -> None:
+    from eodeploy.evaluate.report import load_for_package
+
     src = cnn_repo.get("cnn", 1)
     pkg = optimize_package(src, "int8", eurosat_dir)
     props = pkg.properties
     recipe = props["eodeploy:optimization"]
     assert recipe["method"] == "int8-static-qdq" and recipe["calibration_patches"] > 0
-    assert recipe["calibration_files_hash"] and 0 <= recipe["agreement_with_source"] <= 1
-    assert props["eodeploy:derived_from"] == {"name": "cnn", "version": 1} or "cnn" in str(
-        props["eodeploy:derived_from"]
-    )
-    assert props["eodeploy:metrics"]["n"] == 6  # the source's recorded test split
+    assert recipe["calibration_files_hash"]
+    assert props["eodeploy:derived_from"] == {"name": "cnn", "version": 1}
+    import json
+
+    recorded_test = json.loads((src.path / "split.json").read_text())["test"]
+    assert props["eodeploy:metrics"]["n"] == len(recorded_test)  # the source's recorded test split
     assert pkg.model_path.stat().st_size < src.model_path.stat().st_size / 3
     pkg.verify()
     import onnx
 
     ops = {n.op_type for n in onnx.load(str(pkg.model_path)).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+
+    # INT8 quality against its FP32 source, measured here rather than read back from the recipe.
+    fp32, int8 = Predictor(src), Predictor(pkg)
+    every = load_for_package(fp32, eurosat_dir, "all")  # 24 patches: the test split's handful are too few
+    ref = fp32.predict(every.images, band_names=every.band_names).class_ids
+    got = int8.predict(every.images, band_names=every.band_names).class_ids
+    agreement = float(np.mean(got == ref))
+    assert agreement >= 0.9, f"INT8 agrees with FP32 on only {agreement:.0%} of {len(ref)} patches"
+    assert abs(recipe["agreement_with_source"] - _agreement_on_test(src, pkg, eurosat_dir)) < 1e-9
+    acc_fp32, acc_int8 = float(np.mean(ref == every.labels)), float(np.mean(got == every.labels))
+    assert acc_int8 >= acc_fp32 - 0.05, f"INT8 accuracy {acc_int8:.1%} vs FP32 {acc_fp32:.1%}"
+    np.testing.assert_allclose(
+        int8.predict_proba(every.images[:8], band_names=every.band_names),
+        fp32.predict_proba(every.images[:8], band_names=every.band_names),
+        atol=0.1,
+    )
+
+
+def _agreement_on_test(src: ModelPackage, derived: ModelPackage, data: Path) -> float:
+    from eodeploy.optimize.calibration import evaluation_set
+
+    a, b = Predictor(src), Predictor(derived)
+    test = evaluation_set(a, data)
+    return float(
+        np.mean(
+            a.predict(test.images, band_names=test.band_names).class_ids
+            == b.predict(test.images, band_names=test.band_names).class_ids
+        )
+    )
 
 
 def test_fp16_keeps_float32_io(repo: ModelRepository, eurosat_dir: Path, raw_patches: np.ndarray) -> None:
@@ -128,13 +160,17 @@ def test_tflite_export_agrees_and_litert_backend_runs_it(
     require("ai_edge_litert")
     from eodeploy.package.tflite import export_tflite
 
-    pkg = cnn_repo.get("cnn", 1)
-    record = export_tflite(pkg, eurosat_dir)
+    src = cnn_repo.get("cnn", 1)
+    pkg = export_tflite(src, eurosat_dir)  # a new version: published ones are never modified
+    record = pkg.properties["eodeploy:tflite"]
+    assert pkg.version > src.version and not (src.path / "model.tflite").exists()
     assert record["agreement_with_onnx"] >= 0.99 and record["max_abs_diff"] < 1e-4
-    assert pkg.properties["eodeploy:tflite"]["sha256"] == record["sha256"]
+    from eodeploy._files import file_digest
+
+    assert file_digest(pkg.path / "model.tflite") == record["sha256"]
     x = np.random.default_rng(3).integers(200, 3000, (5, 13, 64, 64)).astype(np.uint16)
     np.testing.assert_allclose(
-        Predictor(pkg, backend="litert").predict_proba(x), Predictor(pkg).predict_proba(x), atol=1e-4
+        Predictor(pkg, backend="litert").predict_proba(x), Predictor(src).predict_proba(x), atol=1e-4
     )
 
 
@@ -149,7 +185,7 @@ def test_tflite_export_refuses_a_tta_graph(eurosat_dir: Path, tmp_path: Path) ->
     pkg = train_package(eurosat_dir, repo, "tta", TrainConfig(epochs=1, patience=1, tta=True, threads=2))
     with pytest.raises(ExportError, match="--no-tta"):
         export_tflite(pkg, None)
-    assert not (pkg.path / "model.tflite").exists()
+    assert not (pkg.path / "model.tflite").exists() and repo.versions("tta") == [1]
 
 
 def test_cli_optimize_benchmark_and_bad_flags(
@@ -175,11 +211,17 @@ def test_cli_optimize_benchmark_and_bad_flags(
     import json
 
     row = json.loads(out.read_text())[0]
-    assert (
-        row["backend"] == "onnxruntime"
-        and row["throughput_b32"] > 0
-        and row["latency_ms_p99"] >= row["latency_ms_p50"]
-    )
+    # The figures that can be checked independently; speed is measured in benchmarks/, not asserted.
+    fp16 = repo.get("tiny", 2)
+    assert row["backend"] == "onnxruntime" and row["package"] == "tiny:2"
+    assert row["size_kib"] == round(fp16.model_path.stat().st_size / 1024, 1)
+    from eodeploy.optimize.calibration import evaluation_set
+
+    p = Predictor(fp16)
+    test = evaluation_set(p, eurosat_dir)
+    accuracy = float(np.mean(p.predict(test.images, band_names=test.band_names).class_ids == test.labels))
+    assert row["n"] == len(test.labels) and row["accuracy"] == round(accuracy, 4)
+    assert "class_ids" not in row
     r = invoke("optimize", "tiny", "--int8", "--fp16", "--repo", str(repo.root))
     assert r.exit_code == 2 and "exactly one" in r.output
     r = invoke("benchmark", "tiny", "--backend", "tpu", "--repo", str(repo.root))

@@ -73,3 +73,7 @@ class ConflictError(EodeployError, ValueError):
 
 class DatabaseUnavailableError(EodeployError, RuntimeError):
     """The results database cannot be reached; nothing was written."""
+
+
+class InsecureConfigError(EodeployError, ValueError):
+    """A configuration that would expose unauthenticated admin routes to the network."""

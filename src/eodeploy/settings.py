@@ -48,6 +48,8 @@ class Settings(BaseSettings):
     api_keys: list[SecretStr] = []
     #: Also require a key for inference (admin/repository endpoints always need one when keys are set).
     auth_inference: bool = False
+    #: Serve without API keys on a non-loopback address (every admin route is then open to the network).
+    insecure: bool = False
     #: Largest request body and largest number of patches in one request.
     max_body_mib: float = 64.0
     max_request_patches: int = 1024

@@ -273,16 +273,18 @@ def export(
     from eodeploy.package.tflite import export_tflite
 
     data_dir = data if data is not None else (settings().data_dir if settings().data_dir.is_dir() else None)
-    record = export_tflite(pkg, data_dir)
+    new = export_tflite(pkg, data_dir)
+    record = new.properties["eodeploy:tflite"]
     console.print(
-        f"wrote {pkg.path / record['file']} ({record['size'] / 1024:.0f} KiB); LiteRT agrees with ONNX Runtime "
+        f"wrote {new.name} v{new.version} ({new.path / record['file']}, {record['size'] / 1024:.0f} KiB): "
+        f"v{pkg.version}'s ONNX model with its TFLite twin; LiteRT agrees with ONNX Runtime "
         f"on {record['agreement_with_onnx']:.1%} of {record['n']} patches ({record['checked_on']}), "
         f"max |diff| {record['max_abs_diff']:.2g}"
     )
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(pkg.path / record["file"], out / f"{pkg.name}-{pkg.version}.tflite")
-        console.print(f"copied to {out / f'{pkg.name}-{pkg.version}.tflite'}")
+        shutil.copy2(new.path / record["file"], out / f"{new.name}-{new.version}.tflite")
+        console.print(f"copied to {out / f'{new.name}-{new.version}.tflite'}")
 
 
 @app.command()
@@ -290,12 +292,13 @@ def info() -> None:
     """ONNX Runtime providers and the settings in force."""
     import onnxruntime as ort
 
+    from eodeploy._secrets import mask_settings
     from eodeploy.runtime import choose_providers
 
     cfg = settings()
     console.print(f"onnxruntime {ort.__version__}; available providers: {ort.get_available_providers()}")
     console.print(f"providers eodeploy uses: {choose_providers()}")
-    console.print(cfg.model_dump())
+    console.print(mask_settings(cfg.model_dump()))
 
 
 def main() -> None:

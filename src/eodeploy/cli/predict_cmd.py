@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -52,21 +52,21 @@ def predict(
     repo: RepoOpt = None,
 ) -> None:
     """Classify whole scenes: class-map and confidence COGs, polygons, per-class hectares, a STAC Item."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from eodeploy.geo import predict_scene
     from eodeploy.package import open_package
 
     pkg = open_package(package, repo_path(repo))
-    options = {"stride": stride, "overwrite": overwrite, "polygons": polygons, "mmu_ha": mmu, "mask": mask,
+    options: dict[str, Any] = {"stride": stride, "overwrite": overwrite, "polygons": polygons, "mmu_ha": mmu, "mask": mask,
                "band_names": bands.split(",") if bands else None, "offset": offset, "units": units}  # fmt: skip
     if len(inputs) > 1 and (scheduler or workers):
         from eodeploy.geo.distributed import predict_scenes
 
         results = predict_scenes(pkg.path, list(inputs), out, scheduler=scheduler, n_workers=workers or 2,
                                  on_done=lambda s: err_console.print(f"done {s}"), **options)  # fmt: skip
-        for src, stats in results.items():
-            _report(src, stats)
+        for name, stats in results.items():
+            _report(name, stats)
         return
     from eodeploy.geo.patches import is_patch_folder, predict_patches
 
@@ -82,7 +82,8 @@ def predict(
                 overwrite=overwrite,
                 band_names=options["band_names"],
                 units=units or "auto",
-            )  # type: ignore[arg-type]
+                offset=offset,
+            )
             counts = ", ".join(f"{k} {v}" for k, v in stats["counts"].items() if v)
             console.print(f"{stats['input']['patches']} patches → {target}: {counts}")
             continue
@@ -93,7 +94,9 @@ def predict(
             task = bar.add_task("scene", total=1.0, km2=0.0, rate=0.0)
             state: dict[str, float] = {}
 
-            def progress(frac: float, km2: float, task: int = task, state: dict[str, float] = state) -> None:
+            def progress(
+                frac: float, km2: float, task: TaskID = task, state: dict[str, float] = state
+            ) -> None:
                 import time
 
                 state.setdefault("t0", time.perf_counter())
@@ -101,7 +104,7 @@ def predict(
                 dt = max(time.perf_counter() - state["t0"], 1e-6)
                 bar.update(task, completed=frac, km2=done, rate=done / dt)
 
-            stats = predict_scene(pkg, src, target, on_progress=progress, on_warning=_warn_shift, **options)  # type: ignore[arg-type]
+            stats = predict_scene(pkg, src, target, on_progress=progress, on_warning=_warn_shift, **options)
         _report(str(src), stats, target)
 
 

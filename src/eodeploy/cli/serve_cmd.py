@@ -8,6 +8,31 @@ from typing import Annotated
 import typer
 
 from eodeploy.cli._common import err_console, handle_errors, settings
+from eodeploy.errors import InsecureConfigError
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and localhost; any other name or address may be reachable."""
+    import ipaddress
+
+    if host.strip().lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to a public interface
+
+
+def check_exposure(host: str, has_keys: bool, insecure: bool) -> None:
+    """Refuse to open unauthenticated admin routes (model load/unload, monitoring writes) to a network."""
+    if has_keys or insecure or is_loopback(host):
+        return
+    raise InsecureConfigError(
+        f"refusing to serve on {host} without API keys: every admin route (model load/unload, "
+        "monitoring writes that take server paths and webhooks) would be open to anyone who can "
+        "reach it. Set EODEPLOY_API_KEYS='[\"<a long random key>\"]', or bind to 127.0.0.1, or pass "
+        "--insecure (EODEPLOY_INSECURE=1) if this network is trusted."
+    )
 
 
 @handle_errors
@@ -24,6 +49,13 @@ def serve(
     max_batch_size: Annotated[int | None, typer.Option(help="Dynamic batcher: largest batch.")] = None,
     max_queue_delay_ms: Annotated[float | None, typer.Option(help="Dynamic batcher: longest wait.")] = None,
     redis_url: Annotated[str | None, typer.Option(help="Share the response cache through Redis.")] = None,
+    insecure: Annotated[
+        bool,
+        typer.Option(
+            "--insecure",
+            help="Serve on a non-loopback address without API keys (every admin route open to the network).",
+        ),
+    ] = False,
 ) -> None:
     """Serve every model in the repository: TF Serving REST, OIP v2 REST + gRPC, and /predict uploads.
 
@@ -44,8 +76,10 @@ def serve(
         "max_batch_size": max_batch_size,
         "max_queue_delay_ms": max_queue_delay_ms,
         "redis_url": redis_url,
+        "insecure": insecure or None,
     }
     cfg = settings().model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    check_exposure(cfg.host, bool(cfg.api_keys), cfg.insecure)
     VersionPolicy.parse(cfg.version_policy)  # a bad policy is a clear error before anything starts
     if not cfg.model_repo.is_dir():
         from eodeploy.errors import ModelNotFoundError

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from eodeploy.data.offsets import apply_offset, geotiff_offset
 from eodeploy.errors import DataError
 from eodeploy.package.bands import normalize_band
 
@@ -16,19 +17,21 @@ NUMPY_SUFFIXES = {".npy"}
 IMAGE_SUFFIXES = GEOTIFF_SUFFIXES | PICTURE_SUFFIXES | NUMPY_SUFFIXES
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """Return the file's pixels as (bands, height, width), values untouched (no scaling)."""
+def read_image(path: str | Path, offset: float | None = None) -> np.ndarray:
+    """Return the file's pixels as (bands, height, width), unscaled; a GeoTIFF's declared
+    Sentinel-2 offset is applied (``data.offsets``, the one path scenes and uploads share), or
+    ``offset`` when given (any format: ``eodeploy predict --offset``)."""
     path = Path(path)
     suffix = path.suffix.lower()
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     try:
         if suffix in GEOTIFF_SUFFIXES:
-            return _read_geotiff(path)
+            return _read_geotiff(path, offset)
         if suffix in PICTURE_SUFFIXES:
-            return _read_picture(path)
+            return apply_offset(_read_picture(path), offset or 0.0)
         if suffix in NUMPY_SUFFIXES:
-            return _read_npy(path)
+            return apply_offset(_read_npy(path), offset or 0.0)
     except DataError:
         raise
     except Exception as exc:  # the readers raise many types for a damaged file
@@ -53,7 +56,7 @@ def decode_image(data: bytes, name: str = "upload") -> tuple[np.ndarray, list[st
 
             with MemoryFile(data) as mem, mem.open() as src:
                 names = [normalize_band(d) if d else None for d in src.descriptions]
-                return src.read(), (names if all(names) else None)  # type: ignore[return-value]
+                return apply_offset(src.read(), geotiff_offset(src, name)), (names if all(names) else None)  # type: ignore[return-value]
         if data[:6] == b"\x93NUMPY":
             return _as_chw(np.load(io.BytesIO(data), allow_pickle=False), name), None
         if data[:8] == b"\x89PNG\r\n\x1a\n" or data[:3] == b"\xff\xd8\xff":
@@ -69,7 +72,7 @@ def decode_image(data: bytes, name: str = "upload") -> tuple[np.ndarray, list[st
     )
 
 
-def _read_geotiff(path: Path) -> np.ndarray:
+def _read_geotiff(path: Path, offset: float | None = None) -> np.ndarray:
     import warnings
 
     import rasterio
@@ -78,7 +81,7 @@ def _read_geotiff(path: Path) -> np.ndarray:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with rasterio.open(path) as src:
-            return src.read()
+            return apply_offset(src.read(), geotiff_offset(src, str(path)) if offset is None else offset)
 
 
 def _read_picture(path: Path | Any) -> np.ndarray:

@@ -216,6 +216,7 @@ def write_preview(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import rasterio
+    from matplotlib.artist import Artist
     from matplotlib.colors import ListedColormap
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
@@ -236,7 +237,7 @@ def write_preview(
     ax.imshow(data, cmap=ListedColormap(colors), vmin=0, vmax=255, interpolation="nearest",
               extent=(b.left, b.right, b.bottom, b.top))  # fmt: skip
     present = set(np.unique(data).tolist())
-    handles = [Patch(color=c.color, label=c.name) for c in spec.classes if c.value in present]
+    handles: list[Artist] = [Patch(color=c.color, label=c.name) for c in spec.classes if c.value in present]
     if NODATA in present:
         handles.append(Patch(facecolor="#ffffff", edgecolor="#999999", label="nodata / cloud"))
     if outline is not None:

@@ -57,8 +57,10 @@ def predict_patches(
     overwrite: bool = False,
     band_names: list[str] | None = None,
     units: str = "auto",
+    offset: float | None = None,
 ) -> dict[str, Any]:
-    """``units``: what the patches hold (reflectance, dn, rgb8), guessed from the stack when auto."""
+    """``units``: what the patches hold (reflectance, dn, rgb8), guessed from the stack when auto;
+    ``offset``: added to every value instead of the offset each GeoTIFF declares (as for scenes)."""
     folder, out = Path(folder), Path(out)
     if out.exists() and not overwrite:
         from eodeploy.geo.predict import OutputExistsError
@@ -67,7 +69,7 @@ def predict_patches(
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise DataError(f"{folder}: holds no GeoTIFF or .npy patches")
-    arrays = [read_image(p) for p in files]
+    arrays = [read_image(p, offset) for p in files]
     shapes = {a.shape for a in arrays}
     if len(shapes) > 1:
         raise DataError(f"{folder}: patches differ in shape {sorted(shapes)}; export them at one size")
@@ -84,7 +86,7 @@ def predict_patches(
             "confidence": round(float(proba.max()), 4),
         }
         rows.append(row)
-        if geom is not None:
+        if geom is not None and area is not None:
             features.append(
                 {"type": "Feature", "geometry": geom, "properties": {**row, "area_ha": round(area / 1e4, 4)}}
             )

@@ -42,7 +42,9 @@ def geometry_bounds(geometry: Any, crs: Any) -> tuple[float, float, float, float
     from pyproj import Transformer
 
     t = Transformer.from_crs("EPSG:4326", crs, always_xy=True)
-    return t.transform_bounds(*geometry.bounds, densify_pts=21)  # type: ignore[no-any-return]
+    x0, y0, x1, y1 = geometry.bounds
+    bounds: tuple[float, float, float, float] = t.transform_bounds(x0, y0, x1, y1, densify_pts=21)
+    return bounds
 
 
 def predict_scene(

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from eodeploy.data.offsets import baseline_offset, geotiff_offset
 from eodeploy.errors import DataError
 from eodeploy.package.bands import canonical_band, normalize_band
 
@@ -173,19 +174,6 @@ def _open_checked(path: str | Path) -> Any:
         ) from exc
 
 
-def _baseline_offset(tags: dict[str, str], default: float) -> float:
-    for key in ("BOA_ADD_OFFSET", "RADIO_ADD_OFFSET"):
-        if key in tags:
-            return float(tags[key])
-    pb = tags.get("PROCESSING_BASELINE") or tags.get("s2:processing_baseline")
-    if pb:
-        try:
-            return -1000.0 if float(pb) >= 4.0 else 0.0
-        except ValueError:
-            pass
-    return default
-
-
 def open_scene(
     source: str | Path | list[str | Path],
     model_bands: list[str],
@@ -268,9 +256,7 @@ def _open_scene(
                     mask, mask_kind = p, "scl" if re.search("scl", p.stem, re.I) else "binary"
                 continue
             with _open_checked(p) as ds:
-                refs[stem] = BandRef(
-                    str(p), 1, offset if offset is not None else _baseline_offset(ds.tags(), 0.0)
-                )
+                refs[stem] = BandRef(str(p), 1, offset if offset is not None else geotiff_offset(ds, str(p)))
         prov = {"inputs": [str(p) for p in paths], "layout": "one file per band"}
     return _build(refs, model_bands, prov, mask, mask_kind, mask_index)
 
@@ -294,7 +280,7 @@ def _multiband(
                     f"({', '.join(model_bands)}); name them with --bands B01,B02,..."
                 )
             names, how = list(model_bands), "assumed to be the model's order (the file names no bands)"
-        off = offset if offset is not None else _baseline_offset(ds.tags(), 0.0)
+        off = offset if offset is not None else geotiff_offset(ds, str(path))
         found = [(i + 1, MASK_BANDS[d.strip().lower()]) for i, d in enumerate(ds.descriptions)
                  if d and d.strip().lower() in MASK_BANDS]  # fmt: skip
         # The finest layer wins: SCL (20 m) or cloud probability over QA60's 60 m bitmask.
@@ -346,7 +332,7 @@ def _open_stac(
         off = offset
         if off is None:  # physical offset -0.1 at scale 1e-4 is the DN offset -1000 of baseline >= 04.00
             scale = raster.get("scale", 1.0) or 1.0
-            off = raster.get("offset", 0.0) / scale if raster.get("offset") else _baseline_offset(
+            off = raster.get("offset", 0.0) / scale if raster.get("offset") else baseline_offset(
                 {"PROCESSING_BASELINE": str(props.get("s2:processing_baseline", ""))} if props.get("s2:processing_baseline") else {}, 0.0
             )  # fmt: skip
         refs[name] = BandRef(path, 1, float(off))

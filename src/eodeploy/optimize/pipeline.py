@@ -67,13 +67,27 @@ def optimize_package(
     check_set = None if data_dir is None else evaluation_set(source, data_dir)
 
     def check(folder: Path) -> None:
-        """A version that ONNX Runtime cannot run, or that disagrees wildly, is never published."""
-        derived = Predictor(ModelPackage(folder))
-        x = check_set.images if check_set is not None else _probe(source)
-        agree = float(np.mean(derived.predict(x).class_ids == source.predict(x).class_ids))
+        """Runs on the unpublished folder: a version that ONNX Runtime cannot run, or that disagrees
+        wildly, is never published; its measured accuracy is recorded before it is (published
+        versions are never modified)."""
+        candidate = ModelPackage(folder)
+        derived = Predictor(candidate)
+        if check_set is None:
+            x = _probe(source)
+            agree = float(np.mean(derived.predict(x).class_ids == source.predict(x).class_ids))
+        else:
+            names = check_set.band_names
+            pred = derived.predict(check_set.images, band_names=names).class_ids
+            agree = float(np.mean(pred == source.predict(check_set.images, band_names=names).class_ids))
         if agree < 0.5:
             raise PackageIntegrityError(
                 f"the {method} model agrees with its source on only {agree:.0%} of patches; nothing was written"
+            )
+        if check_set is not None:
+            report = classification_report(check_set.labels, pred, package.spec.class_names)
+            recipe["agreement_with_source"] = round(agree, 4)
+            candidate.update_properties(
+                {"eodeploy:metrics": stored_metrics(report), "eodeploy:optimization": recipe}
             )
 
     repo = ModelRepository(package.path.parent.parent)
@@ -81,18 +95,6 @@ def optimize_package(
         package.name, data, package.spec, props, files=files,
         derived_from=(package.name, package.version), check=check,
     )  # fmt: skip
-    if check_set is not None:
-        derived = Predictor(pkg)
-        pred = derived.predict(check_set.images, band_names=check_set.band_names).class_ids
-        ref = source.predict(check_set.images, band_names=check_set.band_names).class_ids
-        report = classification_report(check_set.labels, pred, package.spec.class_names)
-        recipe["agreement_with_source"] = round(float(np.mean(pred == ref)), 4)
-        pkg.update_properties(
-            {
-                "eodeploy:metrics": stored_metrics(report),
-                "eodeploy:optimization": recipe,
-            }
-        )
     return pkg
 
 

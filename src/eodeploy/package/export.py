@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
+from eodeploy._files import atomic_write_bytes
 from eodeploy.package.repository import ModelPackage
 
 
@@ -58,8 +58,8 @@ def export_triton(pkg: ModelPackage, out: str | Path, max_batch_size: int = 64) 
     folder = Path(out) / pkg.name
     version_dir = folder / str(pkg.version)
     version_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(pkg.model_path, version_dir / "model.onnx")
-    (folder / "config.pbtxt").write_text(triton_config(pkg, max_batch_size))
-    (folder / "labels.txt").write_text("\n".join(pkg.spec.class_names) + "\n")
-    shutil.copyfile(pkg.path / "item.json", folder / f"item-v{pkg.version}.json")
+    atomic_write_bytes(version_dir / "model.onnx", pkg.model_path.read_bytes())
+    atomic_write_bytes(folder / "config.pbtxt", triton_config(pkg, max_batch_size).encode())
+    atomic_write_bytes(folder / "labels.txt", ("\n".join(pkg.spec.class_names) + "\n").encode())
+    atomic_write_bytes(folder / f"item-v{pkg.version}.json", (pkg.path / "item.json").read_bytes())
     return folder

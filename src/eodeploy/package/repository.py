@@ -186,7 +186,10 @@ class ModelRepository:
             extra_assets = {}
             for fname, data in (files or {}).items():
                 (tmp / fname).write_bytes(data)
-                extra_assets[Path(fname).stem] = {
+                key = Path(fname).stem
+                if key == "model" or key in extra_assets:  # model.tflite beside model.onnx
+                    key = fname.replace(".", "_")
+                extra_assets[key] = {
                     "href": f"./{fname}",
                     "type": "application/json" if fname.endswith(".json") else "application/octet-stream",
                     "roles": ["metadata"],

@@ -148,49 +148,60 @@ def onnx_to_tflite(model_path: str | Path) -> bytes:
         raise ExportError(f"TensorFlow could not convert {model_path} to TFLite: {exc}") from exc
 
 
-def export_tflite(package: Any, data_dir: str | Path | None = None) -> dict[str, Any]:
-    """Write ``model.tflite`` beside ``model.onnx`` and record it, once LiteRT agrees with ONNX
-    Runtime on >= 99 % of the package's test patches (random patches when no data is given)."""
-    import os
-    import tempfile
+#: Properties of the source that describe this version alone; the derived version gets its own.
+_NOT_CARRIED = ("eodeploy:version", "eodeploy:derived_from", "eodeploy:evaluations", "eodeploy:tflite")
 
+
+def export_tflite(package: Any, data_dir: str | Path | None = None) -> Any:
+    """Publish ``model.onnx`` + ``model.tflite`` as the model's next version (published versions are
+    never modified), once LiteRT agrees with ONNX Runtime on >= 99 % of the package's test patches
+    (random patches when no data is given). A failed export writes nothing."""
     from eodeploy._files import file_digest
+    from eodeploy.package.repository import ModelPackage, ModelRepository
     from eodeploy.runtime.backends import TFLITE_FILE
     from eodeploy.runtime.predictor import Predictor
 
     data = onnx_to_tflite(package.model_path)
-    fd, tmp = tempfile.mkstemp(dir=package.path, prefix=".model.", suffix=".tflite")
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    final = package.path / TFLITE_FILE
-    try:
-        os.replace(tmp, final)
-        onnx_pred = Predictor(package)
-        lite = Predictor(package, backend="litert")
-        if data_dir is not None:
-            from eodeploy.optimize.calibration import evaluation_set
+    onnx_pred = Predictor(package)
+    if data_dir is not None:
+        from eodeploy.optimize.calibration import evaluation_set
 
-            x = evaluation_set(onnx_pred, data_dir).images
-        else:
-            spec = package.spec
-            x = np.random.default_rng(0).integers(100, 4000, (64, len(spec.bands), spec.height, spec.width))
-        a, b = onnx_pred.predict_proba(x), lite.predict_proba(x)
-        agreement = float(np.mean(a.argmax(1) == b.argmax(1)))
+        x = evaluation_set(onnx_pred, data_dir).images
+    else:
+        spec = package.spec
+        x = np.random.default_rng(0).integers(100, 4000, (64, len(spec.bands), spec.height, spec.width))
+    expected = onnx_pred.predict_proba(x)
+
+    def check(folder: Path) -> None:
+        """Runs on the unpublished folder: a model LiteRT disagrees with is never published."""
+        candidate = ModelPackage(folder)
+        got = Predictor(candidate, backend="litert").predict_proba(x)
+        agreement = float(np.mean(expected.argmax(1) == got.argmax(1)))
         if agreement < 0.99:
             raise ExportError(
-                f"LiteRT agrees with ONNX Runtime on only {agreement:.1%} of patches; not exported"
+                f"LiteRT agrees with ONNX Runtime on only {agreement:.1%} of patches; nothing was written"
             )
-    except BaseException:
-        final.unlink(missing_ok=True)
-        raise
-    record = {
-        "file": TFLITE_FILE,
-        "sha256": file_digest(final),
-        "size": final.stat().st_size,
-        "agreement_with_onnx": round(agreement, 4),
-        "max_abs_diff": float(np.abs(a - b).max()),
-        "checked_on": "test split" if data_dir is not None else "random patches",
-        "n": int(len(x)),
+        lite = folder / TFLITE_FILE
+        record = {
+            "file": TFLITE_FILE,
+            "sha256": file_digest(lite),
+            "size": lite.stat().st_size,
+            "agreement_with_onnx": round(agreement, 4),
+            "max_abs_diff": float(np.abs(expected - got).max()),
+            "checked_on": "test split" if data_dir is not None else "random patches",
+            "n": int(len(x)),
+        }
+        candidate.update_properties({"eodeploy:tflite": record})
+
+    files = {TFLITE_FILE: data}
+    for extra in ("split.json", "weights.pt"):  # the new version stays evaluable and prunable
+        if (package.path / extra).is_file():
+            files[extra] = (package.path / extra).read_bytes()
+    props = {
+        k: v for k, v in package.properties.items() if k.startswith("eodeploy:") and k not in _NOT_CARRIED
     }
-    package.update_properties({"eodeploy:tflite": record})
-    return record
+    repo = ModelRepository(package.path.parent.parent)
+    return repo.add(
+        package.name, package.model_path, package.spec, props, files=files,
+        derived_from=(package.name, package.version), check=check,
+    )  # fmt: skip

@@ -8,13 +8,12 @@ config: it is optional, re-read on every repository scan, and written atomically
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from eodeploy._files import atomic_write_bytes
 from eodeploy.errors import PackageSpecError
 
 SERVING_FILE = "serving.json"
@@ -113,7 +112,4 @@ class ServingConfig:
         return out
 
     def write(self, model_dir: Path) -> None:
-        fd, tmp = tempfile.mkstemp(dir=model_dir, prefix=".serving.", suffix=".json")
-        with os.fdopen(fd, "w") as fh:
-            json.dump(self.to_dict(), fh, indent=2)
-        os.replace(tmp, model_dir / SERVING_FILE)
+        atomic_write_bytes(model_dir / SERVING_FILE, json.dumps(self.to_dict(), indent=2).encode())

@@ -159,7 +159,8 @@ def train_package(
         from eodeploy.runtime.preprocess import preprocess
 
         test = data.subset(split.test)
-        onnx_proba = Predictor(ModelPackage(folder)).predict_proba(test.images)
+        candidate = ModelPackage(folder)
+        onnx_proba = Predictor(candidate).predict_proba(test.images)
         torch_proba = predict_probabilities(
             result.model, torch.from_numpy(preprocess(test.images, spec)), tta=config.tta
         )
@@ -168,6 +169,11 @@ def train_package(
             raise PackageIntegrityError(
                 f"the ONNX export differs from the trained network by {diff:.2g}; nothing was written"
             )
+        # Test metrics from the ONNX model through the one predictor path, recorded before the
+        # version is published (published versions are never modified).
+        pred = Predictor(candidate).predict(test.images).class_ids
+        report = classification_report(test.labels, pred, data.class_names)
+        candidate.update_properties({"eodeploy:metrics": stored_metrics(report)})
 
     # The PyTorch weights travel with the package so it can be pruned and fine-tuned later.
     props["eodeploy:weights"] = {"file": WEIGHTS_FILE, "arch": config.arch, "tta": config.tta}
@@ -177,13 +183,7 @@ def train_package(
         if source is not None and source.path.parent.parent.resolve() == repo.root.resolve()
         else None
     )
-    pkg = repo.add(name, onnx_bytes, spec, props, files=files, check=check, derived_from=derived)
-    # Test metrics come from the published ONNX model through the one predictor path.
-    test = data.subset(split.test)
-    pred = Predictor(pkg).predict(test.images).class_ids
-    report = classification_report(test.labels, pred, data.class_names)
-    pkg.update_properties({"eodeploy:metrics": stored_metrics(report)})
-    return pkg
+    return repo.add(name, onnx_bytes, spec, props, files=files, check=check, derived_from=derived)
 
 
 WEIGHTS_FILE = "weights.pt"
