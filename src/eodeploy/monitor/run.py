@@ -8,6 +8,7 @@ crash leaves nothing partial and the next run picks up the scenes not yet stored
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 from collections.abc import Callable
@@ -62,7 +63,13 @@ class RunReport:
 
 
 def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(name).stem)[:120] or "scene"
+    """A folder name for an area or scene name: the whole name (``farm.north`` and ``farm.south``
+    stay apart), safe on every file system, never ``.``/``..``; when characters had to be replaced
+    or the name shortened, a short hash of the original keeps two names from meeting."""
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).lstrip(".")[:80] or "_"
+    if slug != name:
+        slug += "-" + hashlib.sha256(name.encode()).hexdigest()[:8]
+    return slug
 
 
 def run_monitoring(
@@ -106,13 +113,18 @@ def run_monitoring(
                     or a.last_checked_at is None
                     or a.last_checked_at <= now - timedelta(hours=a.interval_hours)
                 ):
-                    due.append(a.id)
+                    due.append((a.id, a.name))
                 else:
                     report.not_due.append(a.name)
         repo = ModelRepository(settings.model_repo)
         predictors: dict[tuple[str, int], Any] = {}
-        for area_id in due:
-            _run_area(db, settings, repo, area_id, report, predictors, emit)
+        for area_id, name in due:
+            try:
+                _run_area(db, settings, repo, area_id, report, predictors, emit)
+            except DatabaseUnavailableError:
+                raise  # the database is everyone's: the run stops (and resumes next time)
+            except Exception as exc:  # noqa: BLE001 - one area's failure stays that area's
+                _area_failed(report, name, exc, emit)
         report.deliveries = deliver_pending(db, settings)
         status = "failed" if report.failures else "succeeded"
         _finish(db, run_id, status, report, None)
@@ -124,6 +136,20 @@ def run_monitoring(
             log.warning("could not record the end of run %s", run_id)
         raise
     return report
+
+
+def _describe(exc: BaseException) -> str:
+    """Domain errors speak for themselves; anything else is named by its type (a bare
+    ``KeyError: 'datetime'`` says little without it)."""
+    return str(exc) if isinstance(exc, EodeployError) else f"{type(exc).__name__}: {exc}"
+
+
+def _area_failed(report: RunReport, name: str, exc: BaseException, emit: Event) -> None:
+    error = _describe(exc)
+    if not isinstance(exc, (EodeployError, OSError)):
+        log.error("area %s: unexpected error", name, exc_info=exc)
+    report.failures.append({"area": name, "error": error})
+    emit("area_failed", {"area": name, "error": error})
 
 
 def _finish(db: Database, run_id: int, status: str, report: RunReport, error: str | None) -> None:
@@ -149,9 +175,8 @@ def _run_area(
     try:
         pkg = resolve_model(repo, model, ref)
         scenes = list_scenes(source, geom, report.as_of, settings.monitor_dir / ".stac-items")
-    except EodeployError as exc:
-        report.failures.append({"area": name, "error": str(exc)})
-        emit("area_failed", {"area": name, "error": str(exc)})
+    except Exception as exc:  # noqa: BLE001 - a bad source or model fails this area alone
+        _area_failed(report, name, exc, emit)
         return
     with db.session() as s:
         done = set(
@@ -183,9 +208,14 @@ def _run_area(
         except OutsideSceneError:
             report.outside += 1
             continue
-        except (EodeployError, OSError) as exc:  # a bad scene fails alone; it is tried again next run
-            report.failures.append({"area": name, "scene": c.scene_id, "error": str(exc)})
-            emit("scene_failed", {"area": name, "scene": c.scene_id, "error": str(exc)})
+        except DatabaseUnavailableError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a bad scene fails alone; it is tried again next run
+            error = _describe(exc)
+            if not isinstance(exc, (EodeployError, OSError)):
+                log.error("%s, scene %s: unexpected error", name, c.scene_id, exc_info=exc)
+            report.failures.append({"area": name, "scene": c.scene_id, "error": error})
+            emit("scene_failed", {"area": name, "scene": c.scene_id, "error": error})
             continue
         stored, alert = db.retrying(
             lambda c=c, info=obs_info: _store(db, area_id, report.run_id, c, pkg, info)
