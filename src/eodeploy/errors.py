@@ -73,3 +73,8 @@ class ConflictError(EodeployError, ValueError):
 
 class DatabaseUnavailableError(EodeployError, RuntimeError):
     """The results database cannot be reached; nothing was written."""
+
+
+class DatabaseBusyError(DatabaseUnavailableError):
+    """The results database answers but is locked by another writer (SQLite's "database is
+    locked"); retried with back-off, then reported as busy, not as unreachable."""

@@ -65,6 +65,8 @@ class Settings(BaseSettings):
     #: Connecting to the database: attempts and the first back-off (doubled each time).
     db_connect_attempts: int = 3
     db_retry_backoff_s: float = 1.0
+    #: SQLite: how long a writer waits for another's lock before the database is reported busy.
+    db_busy_timeout_s: float = 30.0
     #: Alert webhooks: per-request timeout, attempts per run and first back-off (doubled each time).
     webhook_timeout_s: float = 5.0
     webhook_attempts: int = 3

@@ -7,6 +7,7 @@ database holds them; nothing here needs PostGIS.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -29,10 +30,10 @@ from sqlalchemy import (
     event,
 )
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DatabaseError, IntegrityError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
-from eodeploy.errors import DatabaseUnavailableError
+from eodeploy.errors import ConflictError, DatabaseBusyError, DatabaseUnavailableError
 
 log = logging.getLogger("eodeploy.monitor")
 T = TypeVar("T")
@@ -177,7 +178,7 @@ def redact(url: str) -> str:
         return url
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, busy_timeout_s: float = 30.0) -> Engine:
     """An engine for ``url``; SQLite files get their folder, foreign keys and WAL."""
     try:
         u = make_url(url)
@@ -189,7 +190,7 @@ def make_engine(url: str) -> Engine:
     if u.get_backend_name() == "sqlite":
         if u.database and u.database != ":memory:":
             Path(u.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(u, connect_args={"timeout": 30})
+        engine = create_engine(u, connect_args={"timeout": busy_timeout_s})
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -214,7 +215,12 @@ def connect_checked(engine: Engine, attempts: int = 3, backoff_s: float = 1.0) -
         try:
             with engine.connect():
                 return
-        except OperationalError as exc:
+        except DatabaseError as exc:
+            if not isinstance(exc, OperationalError):  # it answers, but it is not a usable database
+                raise DatabaseUnavailableError(
+                    f"the database at {redact(str(engine.url))} cannot be used ({_reason(exc)}); check "
+                    "that EODEPLOY_DATABASE_URL names an eodeploy database. Nothing was written."
+                ) from exc
             reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
             if attempt == attempts:
                 raise DatabaseUnavailableError(
@@ -227,35 +233,99 @@ def connect_checked(engine: Engine, attempts: int = 3, backoff_s: float = 1.0) -
             time.sleep(wait)
 
 
+#: The PostgreSQL advisory lock key that serialises migrations (any constant; "eodeploy" in hex).
+MIGRATION_LOCK_KEY = 0x656F6465706C6F79
+
+
+@contextmanager
+def _migration_lock(engine: Engine) -> Iterator[Any]:
+    """A connection holding the cross-process migration lock: PostgreSQL's session advisory lock
+    (replicas, cron and CLI on other hosts), a lock file next to a SQLite database."""
+    if engine.dialect.name == "postgresql":
+        from sqlalchemy import text
+
+        with engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": MIGRATION_LOCK_KEY})
+            conn.commit()
+            try:
+                yield conn
+            finally:
+                conn.rollback()
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": MIGRATION_LOCK_KEY})
+                conn.commit()
+        return
+    database = engine.url.database if engine.dialect.name == "sqlite" else None
+    if not database or database == ":memory:":
+        with engine.connect() as conn:
+            yield conn
+        return
+    import fcntl
+
+    with open(Path(database).expanduser().with_name(Path(database).name + ".migrate-lock"), "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            with engine.connect() as conn:
+                yield conn
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def migrate(engine: Engine) -> None:
-    """Bring the schema to the newest Alembic revision (creates it on an empty database)."""
+    """Bring the schema to the newest Alembic revision (creates it on an empty database), holding
+    the migration lock: two processes starting together migrate one after the other, and the
+    second finds nothing left to do."""
     from alembic import command
     from alembic.config import Config
 
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
-    with engine.begin() as conn:
+    with _migration_lock(engine) as conn:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
+        conn.commit()
+
+
+def _reason(exc: DatabaseError) -> str:
+    return str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+
+
+def _is_busy(exc: OperationalError) -> bool:
+    """SQLite's writer lock (and PostgreSQL's lock timeouts): the database is there, just busy."""
+    reason = _reason(exc).lower()
+    return (
+        "database is locked" in reason or "database table is locked" in reason or ("lock timeout" in reason)
+    )
 
 
 class Database:
     """Engine + sessions for one URL, migrated on first use."""
 
-    def __init__(self, url: str, attempts: int = 3, backoff_s: float = 1.0) -> None:
+    def __init__(
+        self, url: str, attempts: int = 3, backoff_s: float = 1.0, busy_timeout_s: float = 30.0
+    ) -> None:
         self.url = url
-        self.engine = make_engine(url)
+        self.engine = make_engine(url, busy_timeout_s)
         self._attempts, self._backoff = attempts, backoff_s
         self._ready = False
+        self._ready_lock = threading.Lock()  # threads of one process; the migration lock does the rest
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @classmethod
     def from_settings(cls, settings: Any) -> Database:
-        return cls(settings.database_url, settings.db_connect_attempts, settings.db_retry_backoff_s)
+        return cls(
+            settings.database_url,
+            settings.db_connect_attempts,
+            settings.db_retry_backoff_s,
+            settings.db_busy_timeout_s,
+        )
 
     def ensure(self, attempts: int | None = None) -> None:
-        """Connect (with retries) and migrate, once."""
-        if not self._ready:
+        """Connect (with retries) and migrate, once per process (servers call it at start-up)."""
+        if self._ready:
+            return
+        with self._ready_lock:
+            if self._ready:
+                return
             connect_checked(self.engine, attempts or self._attempts, self._backoff)
             try:
                 migrate(self.engine)
@@ -277,9 +347,27 @@ class Database:
             s.commit()
         except OperationalError as exc:
             s.rollback()
+            if _is_busy(exc):
+                raise DatabaseBusyError(
+                    f"the database at {redact(self.url)} is busy ({_reason(exc)}: another process "
+                    "holds its write lock); this transaction was rolled back, nothing partial was "
+                    "stored; try again in a moment"
+                ) from exc
             raise DatabaseUnavailableError(
-                f"the database at {redact(self.url)} failed ({str(exc.orig).strip().splitlines()[0]}); "
+                f"the database at {redact(self.url)} failed ({_reason(exc)}); "
                 "this transaction was rolled back, nothing partial was stored; run again when it is back"
+            ) from exc
+        except IntegrityError as exc:
+            s.rollback()
+            raise ConflictError(
+                f"a concurrent change stored the same thing first ({_reason(exc)}); nothing of this "
+                "request was stored; read the current state and try again"
+            ) from exc
+        except DatabaseError as exc:  # e.g. "file is not a database", a schema that is not ours
+            s.rollback()
+            raise DatabaseUnavailableError(
+                f"the database at {redact(self.url)} cannot be used ({_reason(exc)}); check that "
+                "EODEPLOY_DATABASE_URL names an eodeploy database. Nothing was written."
             ) from exc
         except BaseException:
             s.rollback()
@@ -294,12 +382,13 @@ class Database:
         for attempt in range(1, self._attempts + 1):
             try:
                 return fn()
-            except DatabaseUnavailableError:
+            except DatabaseUnavailableError as exc:
                 if attempt == self._attempts:
                     raise
                 wait = self._backoff * 2 ** (attempt - 1)
                 log.warning(
-                    "database unavailable; retrying in %.1f s (attempt %d of %d)",
+                    "database %s; retrying in %.1f s (attempt %d of %d)",
+                    "busy" if isinstance(exc, DatabaseBusyError) else "unavailable",
                     wait,
                     attempt + 1,
                     self._attempts,

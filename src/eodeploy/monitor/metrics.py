@@ -49,6 +49,11 @@ class MonitorCollector(Collector):
             up.add_metric([], 0)
             yield up
             return
+        except Exception:  # noqa: BLE001 - a broken schema or file must not take all of /metrics down
+            log.exception("metrics: the monitoring database could not be read")
+            up.add_metric([], 0)
+            yield up
+            return
         up.add_metric([], 1)
         yield up
         g = GaugeMetricFamily("eodeploy_monitor_alerts_unacknowledged", "Alerts nobody has acknowledged")

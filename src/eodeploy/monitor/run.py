@@ -18,10 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select, update
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from eodeploy.errors import DatabaseUnavailableError, DataError, EodeployError
+from eodeploy.errors import ConflictError, DatabaseUnavailableError, DataError, EodeployError
 from eodeploy.geo.outputs import CLASSES_TIF
 from eodeploy.geo.predict import OutsideSceneError, predict_scene
 from eodeploy.monitor.alerts import deliver_pending, make_alert
@@ -287,7 +286,7 @@ def _store(
             s.flush()
             alert = make_alert(s, area, obs) if ok else None
             return obs, int(alert is not None)
-    except IntegrityError:
+    except ConflictError:  # the unique key: another run stored this (area, scene, version) first
         return None, 0
 
 
