@@ -83,6 +83,16 @@ def run_monitoring(
 ) -> RunReport:
     """One monitoring pass. ``as_of``: take scenes acquired up to then (default now, UTC);
     ``area``: only that area, due or not; ``force``: every active area, due or not."""
+    from eodeploy.netguard import URLPolicy, using
+
+    with using(URLPolicy.from_settings(settings)):  # STAC searches, items and assets of this run
+        return _run_monitoring(db, settings, as_of, area, force, trigger, on_event)
+
+
+def _run_monitoring(
+    db: Database, settings: Settings, as_of: datetime | None, area: str | None, force: bool,
+    trigger: str, on_event: Event | None,
+) -> RunReport:  # fmt: skip
     emit = on_event or (lambda _k, _i: None)
     now = utcnow()
     as_of = as_of or now
