@@ -83,7 +83,8 @@ def spec(folder: Path, **kw: Any) -> AreaSpec:
 
 
 def settings(tmp_path: Path, repo: ModelRepository, db_url: str, **kw: Any) -> Settings:
-    base = {"db_connect_attempts": 1, "webhook_backoff_s": 0.01}
+    # Webhooks, SMTP and STAC APIs in these tests are real servers on loopback: allowed explicitly.
+    base = {"db_connect_attempts": 1, "webhook_backoff_s": 0.01, "allowed_url_hosts": ["127.0.0.1"]}
     return Settings(model_repo=repo.root, database_url=db_url, monitor_dir=tmp_path / "monitoring",
                     **{**base, **kw})  # fmt: skip
 
@@ -605,7 +606,15 @@ def test_stac_api_search_source(repo: ModelRepository, tmp_path: Path) -> None:
         geom, _ = load_geometry(aoi(), "EPSG:32633")
         source = {"type": "stac", "url": f"http://127.0.0.1:{server.server_address[1]}/", "collections": ["s2"],
                   "max_cloud": 30, "days": 7, "max_items": 10}  # fmt: skip
-        found = list_scenes(source, geom, datetime(2024, 6, 10), tmp_path / "cache")
+        # The URL guard refuses loopback unless allowed: a search can never reach the server's own
+        # network (169.254.169.254, localhost admin ports) by default.
+        with pytest.raises(DataError, match="loopback address; such addresses are refused"):
+            list_scenes(source, geom, datetime(2024, 6, 10), tmp_path / "cache")
+        assert searches == []
+        from eodeploy.netguard import URLPolicy, using
+
+        with using(URLPolicy(allowed_hosts=("127.0.0.1",))):
+            found = list_scenes(source, geom, datetime(2024, 6, 10), tmp_path / "cache")
     finally:
         server.shutdown()
         server.server_close()

@@ -4,7 +4,12 @@ Real SQLite and PostgreSQL, real HTTP servers on 127.0.0.1, real threads and pro
 
 from __future__ import annotations
 
+import http.server
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select, update
@@ -174,3 +179,191 @@ def test_metrics_survive_a_database_that_is_not_ours(repo: ModelRepository, tmp_
         assert r.status_code == 503 and "cannot be used" in r.json()["error"]
         assert client.get("/v2/health/ready").status_code == 200
     assert bad.read_bytes().startswith(b"this is not")  # nothing stored was touched
+
+
+class _Hook(http.server.BaseHTTPRequestHandler):
+    """A webhook receiver on 127.0.0.1 answering from a script of (status, body) replies."""
+
+    replies: list[tuple[int, bytes]] = []
+    received: list[str] = []  # Idempotency-Keys
+    delay = 0.0
+    during: Any = None  # called while a request is being handled
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_POST(self) -> None:  # noqa: N802
+        self.rfile.read(int(self.headers["Content-Length"]))
+        cls = type(self)
+        if cls.during is not None:
+            cls.during()
+        time.sleep(cls.delay)
+        status, body = cls.replies.pop(0) if cls.replies else (204, b"")
+        cls.received.append(f"{status} {self.headers.get('Idempotency-Key')}")
+        self.send_response(status)
+        if status in (301, 302, 307):
+            self.send_header("Location", "http://169.254.169.254/latest/meta-data/")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.fixture
+def hook() -> Iterator[tuple[str, type[_Hook]]]:
+    handler = type("Hook", (_Hook,), {"replies": [], "received": [], "delay": 0.0, "during": None})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/services/T000/B000/SECRETTOKEN", handler
+    server.shutdown()
+    server.server_close()
+
+
+def _alerts(db: Database, repo: ModelRepository, tmp_path: Path, url: str, n: int) -> None:
+    """``n`` stored alerts of one area, each with a pending webhook delivery to ``url``."""
+    from datetime import datetime, timedelta
+
+    from eodeploy.monitor.db import Alert, Delivery, Observation
+
+    with db.session() as s:
+        area, _, _ = add_area(s, repo, spec(tmp_path, webhook_url=url, emails=["ops@example.org"]))
+        s.flush()
+        for i in range(n):
+            obs = Observation(area_id=area.id, scene_id=f"s{i}", scene_datetime=datetime(2024, 1, 1) + timedelta(i),
+                              model_name="tiny", model_version=1, status="ok", target_ha=1.0, observed_ha=1.0,
+                              observed_share=1.0, areas_ha={}, outputs=str(tmp_path / f"out{i}"))  # fmt: skip
+            alert = Alert(area_id=area.id, observation=obs, message=f"alert {i}",
+                          payload={"area": "square", "target_class": "Forest"})  # fmt: skip
+            alert.deliveries.append(Delivery(channel="webhook", target=url))
+            s.add(alert)
+
+
+def test_webhooks_4xx_not_retried_5xx_retried_no_redirects_no_reply_bodies_no_private_hosts(
+    repo: ModelRepository, tmp_path: Path, db_url: str, hook: tuple[str, type[_Hook]]
+) -> None:
+    from eodeploy.monitor.alerts import deliver_pending
+    from eodeploy.monitor.report import list_alerts
+
+    url, receiver = hook
+    cfg = settings(tmp_path, repo, db_url, webhook_attempts=3)
+    db = Database.from_settings(cfg)
+    _alerts(db, repo, tmp_path, url, 3)
+    receiver.replies = [
+        (400, b"bad payload: token SECRETTOKEN leaked in this reply body"),  # alert 1: refused, once
+        (503, b"busy"),  # alert 2: retried...
+        (200, b"ok"),  # ...and sent on its second attempt
+        (302, b""),  # alert 3: a redirect (to the metadata address) is not followed
+    ]
+    counts = deliver_pending(db, cfg)
+    assert counts == {"sent": 1, "failed": 2}, receiver.received
+    assert [r.split()[0] for r in receiver.received] == ["400", "503", "200", "302"]  # no 4xx/3xx retries
+    with db.session() as s:
+        deliveries = {a["message"]: a["deliveries"][0] for a in list_alerts(s)}
+    assert deliveries["alert 0"]["status"] == "failed" and deliveries["alert 0"]["attempts"] == 1
+    assert (
+        deliveries["alert 0"]["last_error"] == "WebhookRefused: HTTP 400: the receiver refuses this request"
+    )
+    assert deliveries["alert 1"]["status"] == "sent"
+    assert "redirects are not followed" in deliveries["alert 2"]["last_error"]
+    assert all(
+        "SECRETTOKEN" not in (d["last_error"] or "") for d in deliveries.values()
+    )  # no reply body kept
+    # Without loopback allowed, the same URL is refused before any request is made.
+    strict = settings(tmp_path, repo, db_url, allowed_url_hosts=[])
+    before = len(receiver.received)
+    assert deliver_pending(db, strict) == {"sent": 0, "failed": 2}
+    assert len(receiver.received) == before
+    with db.session() as s:
+        errors = [a["deliveries"][0]["last_error"] for a in list_alerts(s)]
+    assert sum("loopback address; such addresses are refused" in (e or "") for e in errors) == 2
+    db.dispose()
+
+
+def test_concurrent_senders_never_send_one_delivery_twice_and_hold_no_transaction_while_sending(
+    repo: ModelRepository, tmp_path: Path, db_url: str, hook: tuple[str, type[_Hook]]
+) -> None:
+    """Two runs delivering at once (two threads here; processes or replicas alike): each delivery
+    is sent exactly once. While a request is on the wire, no transaction of ours is open."""
+    from sqlalchemy import create_engine, text
+
+    from eodeploy.monitor.alerts import deliver_pending
+
+    url, receiver = hook
+    cfg = settings(tmp_path, repo, db_url, webhook_attempts=1)
+    db = Database.from_settings(cfg)
+    _alerts(db, repo, tmp_path, url, 8)
+    receiver.delay = 0.15
+    open_tx: list[int] = []
+    if db_url.startswith("postgresql"):
+        name = db_url.rsplit("/", 1)[1]
+        admin = create_engine(test_monitor.PG_URL, isolation_level="AUTOCOMMIT")
+
+        def idle_in_transaction() -> None:
+            with admin.connect() as c:
+                open_tx.append(
+                    c.execute(
+                        text(
+                            "SELECT count(*) FROM pg_stat_activity WHERE datname = :d AND "
+                            "state LIKE 'idle in transaction%'"
+                        ),
+                        {"d": name},
+                    ).scalar_one()  # fmt: skip
+                )
+
+        receiver.during = idle_in_transaction
+    else:  # SQLite: another writer gets the write lock at once while a request is being handled
+        other = Database(db_url, busy_timeout_s=0.05)
+
+        def idle_in_transaction() -> None:
+            try:
+                _touch(other)
+                open_tx.append(0)
+            except Exception:  # noqa: BLE001 - the lock was held
+                open_tx.append(1)
+
+        receiver.during = idle_in_transaction
+    results: list[dict[str, int]] = []
+    threads = [threading.Thread(target=lambda: results.append(deliver_pending(db, cfg))) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    keys = [r.split()[1] for r in receiver.received]
+    assert sorted(keys) == sorted(set(keys)) and len(keys) == 8, keys  # each once, none lost
+    assert sum(r["sent"] for r in results) == 8
+    assert open_tx == [0] * 8
+    db.dispose()
+    if db_url.startswith("postgresql"):
+        admin.dispose()
+    else:
+        other.dispose()
+
+
+def test_monitoring_responses_mask_secrets_and_server_paths(
+    repo: ModelRepository, tmp_path: Path, db_url: str, hook: tuple[str, type[_Hook]]
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from eodeploy.monitor.alerts import deliver_pending
+    from eodeploy.serve.app import create_app
+
+    url, receiver = hook
+    cfg = settings(tmp_path, repo, db_url, api_keys=["k"], grpc_port=0, poll_interval_s=0, webhook_attempts=1)
+    db = Database.from_settings(cfg)
+    _alerts(db, repo, tmp_path, url, 1)
+    receiver.replies = [(500, b"stack trace with SECRETTOKEN")]
+    deliver_pending(db, cfg)
+    db.dispose()
+    with TestClient(create_app(cfg, grpc=False)) as client:
+        admin = {"X-API-Key": "k"}
+        for path in ("/monitor/areas", "/monitor/areas/square", "/monitor/alerts", "/monitor/runs",
+                     "/monitor/areas/square/series"):  # fmt: skip
+            assert client.get(path).status_code == 401
+            r = client.get(path, headers=admin)
+            assert r.status_code == 200
+            for secret in ("SECRETTOKEN", "/services/", "ops@example.org", str(tmp_path)):
+                assert secret not in r.text, (path, secret)
+        area = client.get("/monitor/areas/square", headers=admin).json()
+        assert area["webhook_url"] == f"http://127.0.0.1:{url.split(':')[2].split('/')[0]}/…"
+        assert area["emails"] == ["o***@example.org"]
+        (alert,) = client.get("/monitor/alerts", headers=admin).json()
+        assert alert["deliveries"][0]["last_error"] == "RuntimeError: HTTP 500"

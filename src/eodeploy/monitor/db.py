@@ -161,13 +161,27 @@ class Delivery(Base):
     alert_id: Mapped[int] = mapped_column(ForeignKey("alerts.id", ondelete="CASCADE"), index=True)
     channel: Mapped[str] = mapped_column(String(20))  # webhook, email
     target: Mapped[str] = mapped_column(String(2000))
-    status: Mapped[str] = mapped_column(String(20), default="pending")  # pending, sent, failed
+    status: Mapped[str] = mapped_column(String(20), default="pending")  # pending, sending, sent, failed
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     last_attempt_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     sent_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    #: The outbox claim: who is sending it now, since when (a stale claim can be taken over).
+    claimed_by: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    claimed_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
 
     alert: Mapped[Alert] = relationship(back_populates="deliveries")
+
+
+class Lease(Base):
+    """Work only one process may do at a time (an area's run), across processes and hosts: taken
+    atomically, renewed by a heartbeat while held, taken over once it expires."""
+
+    __tablename__ = "leases"
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(100))
+    acquired_at: Mapped[datetime] = mapped_column(DateTime)
+    expires_at: Mapped[datetime] = mapped_column(DateTime)
 
 
 def redact(url: str) -> str:
@@ -194,10 +208,18 @@ def make_engine(url: str, busy_timeout_s: float = 30.0) -> Engine:
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.isolation_level = None  # transactions are begun below, not by the driver
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA journal_mode=WAL")
             cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(conn: Any) -> None:
+            # Take the write lock when the transaction starts: a transaction that read first and
+            # writes later would otherwise fail at once with "database is locked" when another
+            # process wrote in between (no waiting), and read-then-update claims would not be atomic.
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
     connect_args = {"connect_timeout": 5} if u.get_backend_name() == "postgresql" else {}

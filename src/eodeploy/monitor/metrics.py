@@ -60,7 +60,7 @@ class MonitorCollector(Collector):
         g.add_metric([], unacked)
         yield g
         g = GaugeMetricFamily("eodeploy_monitor_deliveries", "Alert deliveries by status", labels=["status"])
-        for status in ("pending", "sent", "failed"):
+        for status in ("pending", "sending", "sent", "failed"):
             g.add_metric([status], by_status.get(status, 0))
         yield g
         g = GaugeMetricFamily("eodeploy_monitor_area_seconds_since_check",
