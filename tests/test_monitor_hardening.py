@@ -367,3 +367,75 @@ def test_monitoring_responses_mask_secrets_and_server_paths(
         assert area["emails"] == ["o***@example.org"]
         (alert,) = client.get("/monitor/alerts", headers=admin).json()
         assert alert["deliveries"][0]["last_error"] == "RuntimeError: HTTP 500"
+
+
+def test_area_leases_a_live_holder_is_respected_a_stale_one_taken_over(
+    repo: ModelRepository, tmp_path: Path, db_url: str
+) -> None:
+    """Another process's lease on the area that is still renewed: this run skips the area (says so,
+    stores nothing). A lease whose heartbeat stopped (expired: its holder died): taken over."""
+    from datetime import timedelta
+
+    from eodeploy.monitor.db import Lease, utcnow
+
+    folder = tmp_path / "inbox"
+    folder.mkdir()
+    scene(folder / "s2_2024-06-01.tif", 100)
+    cfg = settings(tmp_path, repo, db_url)
+    db = Database.from_settings(cfg)
+    with db.session() as s:
+        area, _, _ = add_area(s, repo, spec(folder))
+        s.flush()
+        s.add(Lease(name=f"area:{area.id}", owner="other-host:4242:alive", acquired_at=utcnow(),
+                    expires_at=utcnow() + timedelta(minutes=5)))  # fmt: skip
+    report = run_monitoring(db, cfg)
+    assert report.stored == 0 and report.busy == ["square"] and "other-host:4242:alive" in report.warnings[0]
+    with db.session() as s:
+        assert time_series(s, "square")["observations"] == []
+        lease = s.get(Lease, f"area:{area.id}")
+        lease.expires_at = utcnow() - timedelta(seconds=1)  # the holder stopped renewing: it died
+        lease.owner = "other-host:4242:dead"
+    report = run_monitoring(db, cfg)
+    assert report.stored == 1 and report.busy == [], report.summary()
+    with db.session() as s:
+        assert s.get(Lease, f"area:{area.id}") is None  # released at the end
+    db.dispose()
+
+
+def test_two_runs_at_once_classify_each_scene_once(
+    repo: ModelRepository, tmp_path: Path, db_url: str
+) -> None:
+    """Two runs started together (cron and CLI, two replicas): one works on the area, the other
+    skips it; no scene is classified twice, nothing stored twice, no output folder written twice."""
+    folder = tmp_path / "inbox"
+    folder.mkdir()
+    for i in range(3):
+        scene(folder / f"s2_2024-06-0{i + 1}.tif", 100, seed=i)
+    cfg = settings(tmp_path, repo, db_url)
+    with Database.from_settings(cfg).session() as s:
+        add_area(s, repo, spec(folder))
+    barrier = threading.Barrier(2)
+    classified: list[str] = []
+    reports: list[Any] = []
+
+    def one() -> None:
+        db = Database.from_settings(cfg)
+        barrier.wait()
+        reports.append(
+            run_monitoring(
+                db, cfg, on_event=lambda k, i: classified.append(i["scene"]) if k == "scene" else None
+            )
+        )
+        db.dispose()
+
+    threads = [threading.Thread(target=one) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert sorted(classified) == sorted(p.name for p in folder.iterdir()), classified
+    assert sorted(r.stored for r in reports) == [0, 3] and sum(len(r.busy) for r in reports) == 1
+    db = Database.from_settings(cfg)
+    with db.session() as s:
+        assert len(time_series(s, "square")["observations"]) == 3
+    db.dispose()

@@ -70,6 +70,9 @@ class Settings(BaseSettings):
     monitor_api: bool = True
     #: Where each observation's maps (COGs, polygons, preview) are kept.
     monitor_dir: Path = Path("monitoring")
+    #: One run per area at a time across processes and hosts: a lease this long, renewed every third
+    #: of it while the area runs; a lease its holder stopped renewing (it died) is taken over.
+    monitor_lease_s: float = 120.0
     #: Connecting to the database: attempts and the first back-off (doubled each time).
     db_connect_attempts: int = 3
     db_retry_backoff_s: float = 1.0

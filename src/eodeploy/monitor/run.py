@@ -27,6 +27,7 @@ from eodeploy.monitor.alerts import deliver_pending, make_alert
 from eodeploy.monitor.areas import get_area, resolve_model
 from eodeploy.monitor.db import Area, Database, Observation, Run, utcnow
 from eodeploy.monitor.imagery import Candidate, covers, list_scenes, mosaic_patches
+from eodeploy.monitor.lease import Held, LeaseLostError, acquire
 from eodeploy.monitor.measure import measure_area
 from eodeploy.package.repository import ModelRepository
 from eodeploy.settings import Settings
@@ -51,6 +52,7 @@ class RunReport:
     alerts: int = 0
     deliveries: dict[str, int] = field(default_factory=dict)
     failures: list[dict[str, str]] = field(default_factory=list)
+    busy: list[str] = field(default_factory=list)  # areas another process was running
     warnings: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
@@ -58,6 +60,7 @@ class RunReport:
             "areas": self.areas, "not_due": self.not_due, "stored": self.stored, "cloudy": self.cloudy,
             "already_stored": self.already, "outside": self.outside, "alerts": self.alerts,
             "deliveries": self.deliveries, "failures": self.failures, "warnings": self.warnings,
+            "busy": self.busy,
         }  # fmt: skip
 
 
@@ -181,6 +184,25 @@ def _run_area(
         model, ref = a.model, a.model_version
         spec = {"name": a.name, "area_ha": a.area_ha, "target_class": a.target_class, "mmu_ha": a.mmu_ha}
     report.areas.append(name)
+    held = acquire(db, f"area:{area_id}", settings.monitor_lease_s)
+    if not isinstance(held, Held):
+        holder, until = held
+        report.busy.append(name)
+        report.warnings.append(
+            f"{name}: skipped, another run ({holder}) is working on it (lease until {until:%H:%M:%S} UTC)"
+        )
+        emit("area_busy", {"area": name, "holder": holder})
+        return
+    with held:
+        _run_leased(db, settings, repo, area_id, report, predictors, emit, held, name, geom, source,
+                    model, ref, spec)  # fmt: skip
+
+
+def _run_leased(
+    db: Database, settings: Settings, repo: ModelRepository, area_id: int, report: RunReport,
+    predictors: dict[tuple[str, int], Any], emit: Event, held: Held, name: str, geom: Any,
+    source: dict[str, Any], model: str, ref: str, spec: dict[str, Any],
+) -> None:  # fmt: skip
     try:
         pkg = resolve_model(repo, model, ref)
         scenes = list_scenes(source, geom, report.as_of, settings.monitor_dir / ".stac-items")
@@ -227,7 +249,7 @@ def _run_area(
             emit("scene_failed", {"area": name, "scene": c.scene_id, "error": error})
             continue
         stored, alert = db.retrying(
-            lambda c=c, info=obs_info: _store(db, area_id, report.run_id, c, pkg, info)
+            lambda c=c, info=obs_info: _store(db, area_id, report.run_id, c, pkg, info, held)
         )
         if stored is None:
             report.already += 1
@@ -274,12 +296,13 @@ def _pct(delta: float, base: float | None) -> float | None:
 
 
 def _store(
-    db: Database, area_id: int, run_id: int, c: Candidate, pkg: Any, info: dict[str, Any]
+    db: Database, area_id: int, run_id: int, c: Candidate, pkg: Any, info: dict[str, Any], held: Held
 ) -> tuple[Observation | None, int]:
-    """Observation + changes + alert in one transaction. (None, 0) when a concurrent run stored
-    the same (area, scene, version) first."""
+    """Observation + changes + alert in one transaction, only while this run holds the area's
+    lease. (None, 0) when a concurrent run stored the same (area, scene, version) first."""
     try:
         with db.session() as s:
+            held.fence(s)
             area = s.get(Area, area_id)
             assert area is not None
             ok = info["observed_share"] >= area.min_observed
@@ -296,6 +319,8 @@ def _store(
             s.flush()
             alert = make_alert(s, area, obs) if ok else None
             return obs, int(alert is not None)
+    except LeaseLostError:
+        raise
     except ConflictError:  # the unique key: another run stored this (area, scene, version) first
         return None, 0
 
