@@ -194,8 +194,22 @@ def _run_area(
         emit("area_busy", {"area": name, "holder": holder})
         return
     with held:
+        _clean_leftovers(settings, name)
         _run_leased(db, settings, repo, area_id, report, predictors, emit, held, name, geom, source,
                     model, ref, spec)  # fmt: skip
+
+
+def _clean_leftovers(settings: Settings, area: str) -> None:
+    """What a run killed mid-scene left of this area: half-written output folders (maps are
+    written to ``.NAME.partial-*`` and renamed when complete) and mosaics. Safe under the area's
+    lease: no other run writes here now."""
+    import shutil
+
+    folder = settings.monitor_dir / _safe(area)
+    for p in [*folder.glob(".*.partial-*"), settings.monitor_dir / ".mosaics" / _safe(area)]:
+        if p.is_dir():
+            log.info("removing %s, left by an interrupted run", p)
+            shutil.rmtree(p, ignore_errors=True)
 
 
 def _run_leased(
@@ -274,7 +288,7 @@ def _process(
     classes = [k.name for k in pkg.spec.classes]
     source, mosaic = c.source, None
     if Path(c.source).is_dir():  # a GEE export of patches: mosaicked, then mapped like a scene
-        mosaic = settings.monitor_dir / ".mosaics" / f"{_safe(area['name'])}-{_safe(c.scene_id)}.tif"
+        mosaic = settings.monitor_dir / ".mosaics" / _safe(area["name"]) / f"{_safe(c.scene_id)}.tif"
         source = str(mosaic_patches(Path(c.source), mosaic))
     try:
         predict_scene(predictor, source, out, overwrite=True, aoi=geom, mmu_ha=area["mmu_ha"])
