@@ -439,3 +439,75 @@ def test_two_runs_at_once_classify_each_scene_once(
     with db.session() as s:
         assert len(time_series(s, "square")["observations"]) == 3
     db.dispose()
+
+
+def test_stac_items_cannot_reach_outside_their_folder_or_private_networks(
+    repo: ModelRepository, tmp_path: Path, hook: tuple[str, type[_Hook]]
+) -> None:
+    """Asset hrefs from an Item's JSON are not trusted: '../' and absolute paths out of the Item's
+    folder, file: URLs and hosts on loopback/link-local/private networks are refused before GDAL
+    opens anything; Item bodies are read with a size bound."""
+    import json
+
+    import numpy as np
+
+    from eodeploy.errors import DataError
+    from eodeploy.geo.predict import predict_scene
+    from eodeploy.netguard import URLPolicy, using
+    from test_scene import BANDS, write_scene
+
+    outside = tmp_path / "private"
+    outside.mkdir()
+    for name in BANDS:
+        write_scene(outside / f"{name}.tif", np.full((1, 64, 64), 1000, np.uint16), names=None)
+    folder = tmp_path / "items"
+    folder.mkdir()
+
+    def item(href: str) -> Path:
+        assets = {n: {"href": href.format(n=n), "eo:bands": [{"name": n}]} for n in BANDS}
+        path = folder / f"item-{abs(hash(href))}.json"
+        path.write_text(json.dumps({"type": "Feature", "stac_version": "1.1.0", "id": "X", "geometry": None,
+                                    "properties": {"datetime": "2024-05-01T00:00:00Z"}, "assets": assets}))  # fmt: skip
+        return path
+
+    for href, words in [
+        ("../private/{n}.tif", "points outside the Item's folder"),
+        (str(outside) + "/{n}.tif", "points outside the Item's folder"),
+        ("file://" + str(outside) + "/{n}.tif", "only http"),
+        ("http://169.254.169.254/latest/meta-data/{n}.tif", "link-local address"),
+        ("http://10.0.0.7/{n}.tif", "private address"),
+        ("http://127.0.0.1:9/{n}.tif", "loopback address"),
+    ]:
+        with pytest.raises(DataError, match=words):
+            predict_scene(repo.get("tiny"), item(href), tmp_path / "out", polygons=False)
+    assert not (tmp_path / "out").exists()
+    # Item bodies: bounded, from a file or over HTTP.
+    big = item("{n}.tif")
+    big.write_text(big.read_text() + " " * 5000)
+    with using(URLPolicy(max_bytes=4000)), pytest.raises(DataError, match="over the 4000-byte limit"):
+        predict_scene(repo.get("tiny"), big, tmp_path / "out", polygons=False)
+    url, receiver = hook
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0),
+        type(
+            "H",
+            (http.server.SimpleHTTPRequestHandler,),
+            {
+                "log_message": lambda *a: None,
+                "__init__": lambda self, *a, **k: http.server.SimpleHTTPRequestHandler.__init__(
+                    self, *a, directory=str(folder), **k
+                ),
+            },
+        ),  # fmt: skip
+    )
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        remote = f"http://127.0.0.1:{server.server_address[1]}/{big.name}"
+        with pytest.raises(DataError, match="loopback address"):  # loopback not allowed by default
+            predict_scene(repo.get("tiny"), remote, tmp_path / "out", polygons=False)
+        policy = URLPolicy(allowed_hosts=("127.0.0.1",), max_bytes=4000)
+        with using(policy), pytest.raises(DataError, match="over the limit of 4000"):
+            predict_scene(repo.get("tiny"), remote, tmp_path / "out", polygons=False)
+    finally:
+        server.shutdown()
+        server.server_close()
