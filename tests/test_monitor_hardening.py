@@ -150,6 +150,14 @@ def test_a_locked_sqlite_database_is_busy_not_unreachable(tmp_path: Path) -> Non
     try:
         with pytest.raises(DatabaseBusyError, match="is busy .*database is locked"):
             db.retrying(lambda: _touch(db))
+        from prometheus_client import CollectorRegistry, generate_latest
+
+        from eodeploy.monitor.metrics import MonitorCollector
+
+        registry = CollectorRegistry()
+        registry.register(MonitorCollector(lambda: db))
+        text = generate_latest(registry).decode()
+        assert "eodeploy_monitor_database_up 1.0" in text and "eodeploy_monitor_database_busy 1.0" in text
     finally:
         other.rollback()
         other.close()
