@@ -10,6 +10,7 @@ so database work never blocks inference.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -66,10 +67,16 @@ def _respond(content: Any, status_code: int = 200) -> Response:
     return json_response(public(content), status_code)
 
 
+_opening = threading.Lock()  # request threads and metrics scrapes may ask at the same moment
+
+
 def app_database(state: Any) -> Database:
-    """The server's monitoring database, opened on first use."""
+    """The server's monitoring database: opened at start-up (``_lifespan``), or on first use when
+    it was down then; one per app, whichever thread asks first."""
     if getattr(state, "monitor_db", None) is None:
-        state.monitor_db = Database.from_settings(state.settings)
+        with _opening:
+            if getattr(state, "monitor_db", None) is None:
+                state.monitor_db = Database.from_settings(state.settings)
     return state.monitor_db  # type: ignore[no-any-return]
 
 
@@ -138,9 +145,8 @@ class RunRequest(BaseModel):
 def start_run(request: Request, body: RunRequest | None = None) -> Response:
     """One pass, as ``eodeploy monitor run``, on a background thread of this server (it shares the
     CPU with inference: schedule heavy monitoring as its own job). One at a time per server; poll
-    ``GET /monitor/runs/{id}``."""
-    import threading
-
+    ``GET /monitor/runs/{id}``. Runs elsewhere (CLI, cron, replicas) are kept off the same areas
+    by the areas' leases."""
     from eodeploy.monitor.areas import get_area, naive_utc
     from eodeploy.monitor.run import run_monitoring
 
