@@ -23,6 +23,12 @@ from eodeploy.monitor.db import Database, Lease, utcnow
 log = logging.getLogger("eodeploy.monitor")
 
 
+#: Owners (of this process) whose lease could not be released because the database was away:
+#: nothing runs under them any more, so this process may take them back at once instead of
+#: waiting for them to expire.
+_abandoned: set[str] = set()
+
+
 class LeaseLostError(ConflictError):
     """The lease expired and another process took it over: this one must stop storing."""
 
@@ -79,6 +85,7 @@ class Held:
             with self.db.session() as s:
                 s.execute(delete(Lease).where(Lease.name == self.name, Lease.owner == self.owner))
         except Exception as exc:  # noqa: BLE001 - it expires on its own
+            _abandoned.add(self.owner)
             log.warning("lease %s not released (%s); it expires in %s", self.name, exc, self.ttl)
 
     def __enter__(self) -> Held:
@@ -101,7 +108,10 @@ def acquire(db: Database, name: str, ttl_s: float, owner: str | None = None) -> 
             now = utcnow()
             res = s.execute(
                 update(Lease)
-                .where(Lease.name == name, or_(Lease.expires_at < now, Lease.owner == me))
+                .where(
+                    Lease.name == name,
+                    or_(Lease.expires_at < now, Lease.owner == me, Lease.owner.in_(sorted(_abandoned))),
+                )
                 .values(owner=me, acquired_at=now, expires_at=now + ttl)
             )
             if res.rowcount:  # type: ignore[attr-defined]
