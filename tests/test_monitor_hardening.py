@@ -93,48 +93,36 @@ def test_migrations_at_once_from_many_processes_run_one_after_the_other(db_url: 
     db.dispose()
 
 
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)  # SQLite: writers queue (BEGIN IMMEDIATE)
 def test_two_creates_of_one_name_at_once_are_a_conflict_not_a_crash(
-    repo: ModelRepository, tmp_path: Path
+    repo: ModelRepository, tmp_path: Path, db_url: str
 ) -> None:
     """The second of two overlapping creates of one area name meets the unique key at commit: a
     ConflictError (409 over HTTP), not an IntegrityError (500)."""
-    import threading
-
     from eodeploy.errors import ConflictError
-    from test_monitor import PG_URL  # noqa: F401 - the fresh database comes from the fixture below
 
-    gen = test_monitor.db_url.__wrapped__(_Param("postgresql"), tmp_path)  # type: ignore[attr-defined]
-    url = next(gen)
-    try:
-        db = Database(url, attempts=1)
-        db.ensure()
-        first_flushed, release = threading.Event(), threading.Event()
+    db = Database(db_url, attempts=1)
+    db.ensure()
+    first_flushed, release = threading.Event(), threading.Event()
 
-        def first() -> None:
-            with db.session() as s:
-                add_area(s, repo, spec(tmp_path))
-                s.flush()
-                first_flushed.set()
-                release.wait(30)
-
-        t = threading.Thread(target=first)
-        t.start()
-        first_flushed.wait(30)
-        threading.Timer(0.5, release.set).start()  # the first commits while the second waits on the key
-        with pytest.raises(ConflictError, match="concurrent change stored the same thing first"):
-            with db.session() as s:
-                add_area(s, repo, spec(tmp_path))
-        t.join(30)
+    def first() -> None:
         with db.session() as s:
-            assert len(list(s.scalars(select(Area)))) == 1
-        db.dispose()
-    finally:
-        next(gen, None)
+            add_area(s, repo, spec(tmp_path))
+            s.flush()
+            first_flushed.set()
+            release.wait(30)
 
-
-class _Param:
-    def __init__(self, param: str) -> None:
-        self.param = param
+    t = threading.Thread(target=first)
+    t.start()
+    first_flushed.wait(30)
+    threading.Timer(0.5, release.set).start()  # the first commits while the second waits on the key
+    with pytest.raises(ConflictError, match="concurrent change stored the same thing first"):
+        with db.session() as s:
+            add_area(s, repo, spec(tmp_path))
+    t.join(30)
+    with db.session() as s:
+        assert len(list(s.scalars(select(Area)))) == 1
+    db.dispose()
 
 
 def test_a_locked_sqlite_database_is_busy_not_unreachable(tmp_path: Path) -> None:
