@@ -173,6 +173,7 @@ def test_metrics_survive_a_database_that_is_not_ours(repo: ModelRepository, tmp_
         assert r.status_code == 200 and "eodeploy_monitor_database_up 0.0" in r.text
         r = client.get("/monitor/areas")
         assert r.status_code == 503 and "cannot be used" in r.json()["error"]
+        assert str(tmp_path) not in r.text and "sqlite:///…" in r.text  # no server paths in errors
         assert client.get("/v2/health/ready").status_code == 200
     assert bad.read_bytes().startswith(b"this is not")  # nothing stored was touched
 

@@ -11,17 +11,18 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import Response
 
-from eodeploy.errors import ConflictError, DatabaseUnavailableError, NotFoundError
+from eodeploy.errors import ConflictError, DatabaseUnavailableError, EodeployError, NotFoundError
 from eodeploy.monitor.alerts import acknowledge, alert_dict
 from eodeploy.monitor.areas import (
     AreaSpec,
@@ -33,11 +34,11 @@ from eodeploy.monitor.areas import (
     update_area,
 )
 from eodeploy.monitor.db import Database
-from eodeploy.monitor.public import public
+from eodeploy.monitor.public import public, scrub
 from eodeploy.monitor.report import list_alerts, list_runs, time_series
 from eodeploy.package.repository import ModelRepository
 from eodeploy.serve.auth import require_admin
-from eodeploy.serve.errors import json_response
+from eodeploy.serve.errors import error_response, json_response, status_of
 
 log = logging.getLogger("eodeploy.monitor")
 
@@ -58,8 +59,28 @@ async def _lifespan(app: Any) -> AsyncIterator[None]:
     yield
 
 
+class _MaskedErrors(APIRoute):
+    """Error bodies of ``/monitor`` masked like its responses: a domain error's message may name a
+    folder, a database file or a webhook URL."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def masked(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except EodeployError as exc:
+                return error_response(status_of(exc), scrub(str(exc)))
+
+        return masked
+
+
 router = APIRouter(
-    prefix="/monitor", tags=["Monitoring"], dependencies=[Depends(require_admin)], lifespan=_lifespan
+    prefix="/monitor",
+    tags=["Monitoring"],
+    dependencies=[Depends(require_admin)],
+    lifespan=_lifespan,
+    route_class=_MaskedErrors,
 )
 
 

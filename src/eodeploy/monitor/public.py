@@ -25,7 +25,9 @@ def mask_url(url: str) -> str:
         port = f":{parts.port}" if parts.port else ""
     except ValueError:
         return "…"
-    return f"{parts.scheme}://{host}{port}/…" if parts.scheme and host else "…"
+    if not parts.scheme:
+        return "…"
+    return f"{parts.scheme}://{host}{port}/…" if host else f"{parts.scheme}:///…"  # sqlite:///…
 
 
 def mask_email(address: str) -> str:
