@@ -364,6 +364,13 @@ def test_monitoring_responses_mask_secrets_and_server_paths(
         assert area["emails"] == ["o***@example.org"]
         (alert,) = client.get("/monitor/alerts", headers=admin).json()
         assert alert["deliveries"][0]["last_error"] == "RuntimeError: HTTP 500"
+        # A webhook the guard refuses is refused when it is given, with the reason.
+        meta = "http://169.254.169.254/latest/meta-data/iam/security-credentials/"
+        r = client.patch("/monitor/areas/square", json={"webhook_url": meta}, headers=admin)
+        assert r.status_code == 400 and "link-local address" in r.json()["error"]
+        r = client.post("/monitor/areas", json={**spec(tmp_path, name="x", webhook_url=meta).model_dump(mode="json")},
+                        headers=admin)  # fmt: skip
+        assert r.status_code == 400 and "169.254.169.254" in r.json()["error"]
 
 
 def test_area_leases_a_live_holder_is_respected_a_stale_one_taken_over(

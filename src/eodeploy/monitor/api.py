@@ -105,6 +105,14 @@ def _db(request: Request) -> Database:
     return app_database(request.app.state)
 
 
+def _check_webhook(request: Request, url: str | None) -> None:
+    """A webhook the URL guard would refuse at delivery is refused now, with the reason (400)."""
+    if url:
+        from eodeploy.netguard import URLPolicy, check_url
+
+        check_url(url, URLPolicy.from_settings(request.app.state.settings))
+
+
 @router.get("/areas", summary="List areas of interest")
 def areas(request: Request) -> Response:
     from sqlalchemy import select
@@ -121,6 +129,7 @@ def create_area(
     spec: AreaSpec,
     replace: bool = Query(False, description="replace (deletes its history)"),
 ) -> Response:
+    _check_webhook(request, spec.webhook_url)
     repo = ModelRepository(request.app.state.settings.model_repo)
     with _db(request).session() as s:
         area, notes, created = add_area(s, repo, spec, replace=replace)
@@ -136,6 +145,7 @@ def read_area(request: Request, name: str) -> Response:
 
 @router.patch("/areas/{name}", summary="Change thresholds, alerts, schedule, source or state")
 def patch_area(request: Request, name: str, update: AreaUpdate) -> Response:
+    _check_webhook(request, update.webhook_url)
     with _db(request).session() as s:
         return _respond(area_dict(update_area(s, name, update)))
 
