@@ -416,8 +416,10 @@ def test_two_runs_at_once_classify_each_scene_once(
     for i in range(3):
         scene(folder / f"s2_2024-06-0{i + 1}.tif", 100, seed=i)
     cfg = settings(tmp_path, repo, db_url)
-    with Database.from_settings(cfg).session() as s:
+    setup = Database.from_settings(cfg)
+    with setup.session() as s:
         add_area(s, repo, spec(folder))
+    setup.dispose()
     barrier = threading.Barrier(2)
     classified: list[str] = []
     reports: list[Any] = []
