@@ -83,7 +83,8 @@ def spec(folder: Path, **kw: Any) -> AreaSpec:
 
 
 def settings(tmp_path: Path, repo: ModelRepository, db_url: str, **kw: Any) -> Settings:
-    base = {"db_connect_attempts": 1, "webhook_backoff_s": 0.01}
+    # Webhooks, SMTP and STAC APIs in these tests are real servers on loopback: allowed explicitly.
+    base = {"db_connect_attempts": 1, "webhook_backoff_s": 0.01, "allowed_url_hosts": ["127.0.0.1"]}
     return Settings(model_repo=repo.root, database_url=db_url, monitor_dir=tmp_path / "monitoring",
                     **{**base, **kw})  # fmt: skip
 
@@ -212,9 +213,7 @@ def test_gee_patch_export_folder_is_one_observation(
     assert patches["estimate_ha"] == pytest.approx(ref["estimate_ha"], rel=1e-6)
     assert patches["observed_share"] == pytest.approx(ref["observed_share"], rel=1e-6)
     assert patches["observed_share"] < 0.95  # the cloud band came through the mosaic
-    assert not (tmp_path / "monitoring" / ".mosaics").exists() or not any(
-        (tmp_path / "monitoring" / ".mosaics").iterdir()
-    )
+    assert not any(p.is_file() for p in (tmp_path / "monitoring" / ".mosaics").rglob("*"))
     db.dispose()
 
 
@@ -493,6 +492,8 @@ def test_rest_api(repo: ModelRepository, tmp_path: Path, db_url: str) -> None:
     with TestClient(create_app(cfg, grpc=False)) as client:
         admin = {"X-API-Key": "k"}
         assert client.post("/monitor/areas", json=body).status_code == 401
+        for path in ("/monitor/areas", "/monitor/runs", "/monitor/alerts"):  # reads need a key too
+            assert client.get(path).status_code == 401
         r = client.post("/monitor/areas", json=body, headers=admin)
         assert r.status_code == 201 and r.json()["area"]["area_ha"] == pytest.approx(184**2 / 100, rel=1e-3)
         assert client.post("/monitor/areas", json=body, headers=admin).status_code == 200  # identical
@@ -511,36 +512,36 @@ def test_rest_api(repo: ModelRepository, tmp_path: Path, db_url: str) -> None:
         r = client.post("/monitor/runs", json={"area": "square"}, headers=admin)
         assert r.status_code == 202
         for _ in range(600):
-            run = client.get(f"/monitor/runs/{r.json()['run_id']}").json()
+            run = client.get(f"/monitor/runs/{r.json()['run_id']}", headers=admin).json()
             if run["status"] != "running":
                 break
             time.sleep(0.1)
         assert run["status"] == "succeeded" and run["summary"]["stored"] == 2 and run["trigger"] == "api"
-        assert client.get("/monitor/runs/999").status_code == 404
+        assert client.get("/monitor/runs/999", headers=admin).status_code == 404
         metrics = client.get("/metrics").text
         assert "eodeploy_monitor_database_up 1.0" in metrics
         assert "eodeploy_monitor_alerts_unacknowledged 1.0" in metrics
         assert 'eodeploy_monitor_observations{area="square"} 2.0' in metrics
         assert 'eodeploy_monitor_last_run{status="succeeded"} 1.0' in metrics
-        series = client.get("/monitor/areas/square/series").json()
+        series = client.get("/monitor/areas/square/series", headers=admin).json()
         assert [o["status"] for o in series["observations"]] == ["ok", "ok"]
-        alerts = client.get("/monitor/alerts", params={"acknowledged": "false"}).json()
+        alerts = client.get("/monitor/alerts", headers=admin, params={"acknowledged": "false"}).json()
         assert len(alerts) == 1
         assert client.post(f"/monitor/alerts/{alerts[0]['id']}/ack").status_code == 401
         r = client.post(f"/monitor/alerts/{alerts[0]['id']}/ack", params={"by": "ana"}, headers=admin)
         assert r.status_code == 200 and r.json()["acknowledged_by"] == "ana"
-        assert client.get("/monitor/alerts", params={"acknowledged": "false"}).json() == []
+        assert client.get("/monitor/alerts", headers=admin, params={"acknowledged": "false"}).json() == []
         assert client.post("/monitor/alerts/999/ack", headers=admin).status_code == 404
         r = client.patch("/monitor/areas/square", json={"threshold_pct": 60, "active": False}, headers=admin)
         assert r.status_code == 200 and r.json()["threshold_pct"] == 60 and r.json()["active"] is False
         assert client.patch("/monitor/areas/square", json={"geometry": {}}, headers=admin).status_code == 400
         assert client.delete("/monitor/areas/square", headers=admin).status_code == 409  # has history
-        assert client.get("/monitor/areas/square/series").status_code == 200
-        assert client.get("/monitor/runs").json()[0]["status"] == "succeeded"
-        assert client.get("/monitor/areas/nope").status_code == 404
+        assert client.get("/monitor/areas/square/series", headers=admin).status_code == 200
+        assert client.get("/monitor/runs", headers=admin).json()[0]["status"] == "succeeded"
+        assert client.get("/monitor/areas/nope", headers=admin).status_code == 404
         r = client.delete("/monitor/areas/square", params={"purge": "true"}, headers=admin)
         assert r.status_code == 200 and r.json()["observations_deleted"] == 2
-        assert client.get("/monitor/areas").json() == []
+        assert client.get("/monitor/areas", headers=admin).json() == []
         schema = client.get("/openapi.json").json()
         assert {"/monitor/areas", "/monitor/areas/{name}/series", "/monitor/alerts/{alert_id}/ack"} <= set(
             schema["paths"]
@@ -603,7 +604,15 @@ def test_stac_api_search_source(repo: ModelRepository, tmp_path: Path) -> None:
         geom, _ = load_geometry(aoi(), "EPSG:32633")
         source = {"type": "stac", "url": f"http://127.0.0.1:{server.server_address[1]}/", "collections": ["s2"],
                   "max_cloud": 30, "days": 7, "max_items": 10}  # fmt: skip
-        found = list_scenes(source, geom, datetime(2024, 6, 10), tmp_path / "cache")
+        # The URL guard refuses loopback unless allowed: a search can never reach the server's own
+        # network (169.254.169.254, localhost admin ports) by default.
+        with pytest.raises(DataError, match="loopback address; such addresses are refused"):
+            list_scenes(source, geom, datetime(2024, 6, 10), tmp_path / "cache")
+        assert searches == []
+        from eodeploy.netguard import URLPolicy, using
+
+        with using(URLPolicy(allowed_hosts=("127.0.0.1",))):
+            found = list_scenes(source, geom, datetime(2024, 6, 10), tmp_path / "cache")
     finally:
         server.shutdown()
         server.server_close()

@@ -409,7 +409,10 @@ def test_stac_item_from_an_http_api(repo: ModelRepository, tmp_path: Path) -> No
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/collections/s2/items/ITEM1"
-        stats = predict_scene(repo.get("tiny"), url, tmp_path / "out", stride=64, polygons=False)
+        from eodeploy.netguard import URLPolicy, using
+
+        with using(URLPolicy(allowed_hosts=("127.0.0.1",))):  # loopback is refused by default
+            stats = predict_scene(repo.get("tiny"), url, tmp_path / "out", stride=64, polygons=False)
         local = predict_scene(
             repo.get("tiny"),
             write_scene(tmp_path / "l.tif", arr),

@@ -77,3 +77,8 @@ class DatabaseUnavailableError(EodeployError, RuntimeError):
 
 class InsecureConfigError(EodeployError, ValueError):
     """A configuration that would expose unauthenticated admin routes to the network."""
+
+
+class DatabaseBusyError(DatabaseUnavailableError):
+    """The results database answers but is locked by another writer (SQLite's "database is
+    locked"); retried with back-off, then reported as busy, not as unreachable."""

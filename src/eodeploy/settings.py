@@ -56,6 +56,14 @@ class Settings(BaseSettings):
     #: JSON access logs (one line per request, with its request id).
     log_json: bool = True
 
+    # --- Outbound URLs (webhooks, STAC APIs and asset hrefs; see eodeploy.netguard) ---
+    #: Let URLs reach private, loopback and link-local addresses (only on a closed network).
+    allow_private_urls: bool = False
+    #: Host names or networks (CIDR) let through even when private, e.g. ["127.0.0.1"] or ["10.1.0.0/16"].
+    allowed_url_hosts: list[str] = []
+    #: Largest response read from any such URL, in MiB.
+    max_fetch_mib: float = 16.0
+
     # --- Monitoring (eodeploy monitor) ---
     #: Results database: a SQLite file by default, PostgreSQL in production
     #: (postgresql+psycopg://user@host:5432/db).
@@ -64,13 +72,21 @@ class Settings(BaseSettings):
     monitor_api: bool = True
     #: Where each observation's maps (COGs, polygons, preview) are kept.
     monitor_dir: Path = Path("monitoring")
+    #: One run per area at a time across processes and hosts: a lease this long, renewed every third
+    #: of it while the area runs; a lease its holder stopped renewing (it died) is taken over.
+    monitor_lease_s: float = 120.0
     #: Connecting to the database: attempts and the first back-off (doubled each time).
     db_connect_attempts: int = 3
     db_retry_backoff_s: float = 1.0
+    #: SQLite: how long a writer waits for another's lock before the database is reported busy.
+    db_busy_timeout_s: float = 30.0
     #: Alert webhooks: per-request timeout, attempts per run and first back-off (doubled each time).
     webhook_timeout_s: float = 5.0
     webhook_attempts: int = 3
     webhook_backoff_s: float = 0.5
+    #: A delivery claimed for sending this long ago by a sender that never recorded the outcome
+    #: (it died) is claimed again and re-sent (receivers drop the duplicate by its idempotency key).
+    delivery_claim_s: float = 600.0
     #: Alert e-mail (SMTP). No host: e-mail deliveries wait, recorded as failed, until one is set.
     smtp_host: str | None = None
     smtp_port: int = 25

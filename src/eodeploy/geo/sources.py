@@ -290,12 +290,39 @@ def _multiband(
 
 
 def _read_item(where: Path | str) -> dict[str, Any]:
-    if isinstance(where, Path):
-        return json.loads(where.read_text())  # type: ignore[no-any-return]
-    import urllib.request
+    """An Item's JSON, read with a size bound; a URL through the URL guard (no redirects)."""
+    from eodeploy.netguard import current_policy, fetch_bytes
 
-    with urllib.request.urlopen(where, timeout=60) as resp:  # noqa: S310 (http(s) only, checked above)
-        return json.loads(resp.read())  # type: ignore[no-any-return]
+    limit = current_policy().max_bytes
+    if isinstance(where, Path):
+        if where.stat().st_size > limit:
+            raise DataError(f"{where}: {where.stat().st_size} bytes, over the {limit}-byte limit for an Item")
+        return json.loads(where.read_text())  # type: ignore[no-any-return]
+    return json.loads(fetch_bytes(where))  # type: ignore[no-any-return]
+
+
+def _asset_path(item_path: Path | str, href: str) -> str:
+    """Where an asset is read: a remote href only through the URL guard (http(s), no private
+    addresses), a local one only inside its Item's folder (no ``../`` or absolute escapes)."""
+    from urllib.parse import urljoin
+
+    from eodeploy.netguard import BlockedURLError, check_url
+
+    try:
+        if "://" in href or href.startswith("file:"):
+            return check_url(href)
+        if isinstance(item_path, str):
+            return check_url(urljoin(item_path, href))
+    except BlockedURLError as exc:
+        raise DataError(f"{item_path}: asset {href!r} refused: {exc}") from exc
+    folder = item_path.parent.resolve()
+    path = (folder / href).resolve()
+    if not path.is_relative_to(folder):
+        raise DataError(
+            f"{item_path}: asset {href!r} points outside the Item's folder {folder}; local assets "
+            "must lie in or below it"
+        )
+    return str(path)
 
 
 def _open_stac(
@@ -303,30 +330,31 @@ def _open_stac(
 ) -> Scene:
     """A STAC Item from a file or a URL (a STAC API's /collections/C/items/ID); assets are read
     where they are: local paths, or http(s) URLs through GDAL's /vsicurl/ range requests."""
-    from urllib.parse import urljoin
-
     try:
         item = _read_item(item_path)
-    except (OSError, ValueError) as exc:
+    except DataError:
+        raise
+    except (OSError, ValueError) as exc:  # BlockedURLError and PayloadTooLargeError are ValueErrors
         raise DataError(f"{item_path}: not a readable STAC Item ({exc})") from exc
     if not isinstance(item, dict) or item.get("type") != "Feature":
         raise DataError(f"{item_path}: not a STAC Item (a GeoJSON Feature with assets)")
     props = item.get("properties", {})
     refs: dict[str, BandRef] = {}
     for key, asset in (item.get("assets") or {}).items():
-        href = asset.get("href", "")
-        if "://" in href:
-            path = href
-        elif isinstance(item_path, str):
-            path = urljoin(item_path, href)
-        else:
-            path = str((item_path.parent / href).resolve())
+        if not isinstance(asset, dict):
+            raise DataError(f"{item_path}: asset {key!r} is not an object with an href")
         bands = asset.get("eo:bands") or asset.get("bands") or [{}]
-        name = normalize_band(bands[0].get("name", "") or "") or normalize_band(key)
-        if key.lower() == "scl" and mask is None:
-            mask, mask_kind = path, "scl"
-            continue
-        if name is None:
+        first = bands[0] if isinstance(bands, list) and bands and isinstance(bands[0], dict) else {}
+        name = normalize_band(str(first.get("name", "") or "")) or normalize_band(key)
+        is_mask = key.lower() == "scl" and mask is None
+        if name is None and not is_mask:
+            continue  # thumbnails, metadata...: never opened, never checked
+        href = asset.get("href")
+        if not isinstance(href, str) or not href:
+            raise DataError(f"{item_path}: asset {key!r} has no href; every asset needs one")
+        path = _asset_path(item_path, href)
+        if is_mask or name is None:
+            mask, mask_kind = (path, "scl") if is_mask else (mask, mask_kind)
             continue
         raster = (asset.get("raster:bands") or [{}])[0]
         off = offset

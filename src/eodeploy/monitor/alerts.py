@@ -1,21 +1,33 @@
 """Alerts: decided from an observation's changes, stored once, delivered to webhooks (JSON POST
 with retries and back-off) and by e-mail (SMTP). A delivery that fails stays in the database and
-is tried again on the next run; nothing is lost."""
+is tried again on the next run; nothing is lost.
+
+Deliveries are an outbox: a sender claims rows in a short transaction (pending/failed -> sending,
+with its id and the time; ``FOR UPDATE SKIP LOCKED`` on PostgreSQL, the write lock on SQLite),
+sends with no transaction open, then records the outcome. Two runs never send one delivery at the
+same time; a claim whose sender died is taken over after ``delivery_claim_s``. Webhooks go through
+the URL guard (``eodeploy.netguard``): no redirects, bounded replies, and only the reply's status
+code is kept (a reply body is neither stored nor served back)."""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import smtplib
+import socket
 import time
+import uuid
+from datetime import timedelta
 from email.message import EmailMessage
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from eodeploy.errors import NotFoundError
 from eodeploy.monitor.db import Alert, Area, Delivery, Observation, utcnow
+from eodeploy.netguard import BlockedURLError, URLPolicy, guarded_session, mask
 from eodeploy.settings import Settings
 
 log = logging.getLogger("eodeploy.monitor")
@@ -81,39 +93,51 @@ def make_alert(session: Session, area: Area, obs: Observation) -> Alert | None:
     return alert
 
 
+class WebhookRefused(RuntimeError):
+    """The receiver answered but refuses this request (4xx, a redirect): retrying will not help."""
+
+
 def _post(url: str, body: dict[str, Any], key: str, s: Settings) -> None:
-    """POST with retries and exponential back-off; raises the last error."""
+    """POST through the URL guard with retries and exponential back-off for what may pass (5xx,
+    408, 429, timeouts, connection errors); raises the last error. Only status codes are kept."""
     import requests
 
     last: Exception | None = None
-    for attempt in range(1, s.webhook_attempts + 1):
-        try:
-            r = requests.post(
-                url, json=body, timeout=s.webhook_timeout_s,
-                headers={"Idempotency-Key": key, "User-Agent": "eodeploy-monitor"},
-            )  # fmt: skip
-            if r.status_code < 300:
-                return
-            last = RuntimeError(f"HTTP {r.status_code}: {r.text[:200]}")
-            if 400 <= r.status_code < 500 and r.status_code not in (408, 429):
-                break  # the receiver refuses this request; repeating it now will not help
-        except requests.RequestException as exc:
-            last = exc
-        if attempt < s.webhook_attempts:
-            time.sleep(s.webhook_backoff_s * 2 ** (attempt - 1))
+    with guarded_session(URLPolicy.from_settings(s)) as session:
+        for attempt in range(1, s.webhook_attempts + 1):
+            try:
+                r = session.post(
+                    url, json=body, timeout=s.webhook_timeout_s, allow_redirects=False,
+                    headers={"Idempotency-Key": key, "User-Agent": "eodeploy-monitor"},
+                )  # fmt: skip
+                if r.status_code < 300:
+                    return
+                if r.status_code < 400:
+                    raise WebhookRefused(
+                        f"HTTP {r.status_code}: redirects are not followed; give the final URL"
+                    )
+                if r.status_code < 500 and r.status_code not in (408, 429):
+                    raise WebhookRefused(f"HTTP {r.status_code}: the receiver refuses this request")
+                last = RuntimeError(f"HTTP {r.status_code}")
+            except (WebhookRefused, BlockedURLError):
+                raise  # repeating it now will not help
+            except requests.RequestException as exc:  # its text names the URL, secret and all
+                last = RuntimeError(f"{type(exc).__name__} ({type(exc).__mro__[1].__name__}) at {mask(url)}")
+            if attempt < s.webhook_attempts:
+                time.sleep(s.webhook_backoff_s * 2 ** (attempt - 1))
     assert last is not None
     raise last
 
 
-def _mail(to: str, alert: Alert, s: Settings) -> None:
+def _mail(to: str, alert_id: int, message: str, payload: dict[str, Any], s: Settings) -> None:
     if not s.smtp_host:
         raise RuntimeError("no SMTP server configured; set EODEPLOY_SMTP_HOST (and port, user, password)")
     msg = EmailMessage()
-    msg["Subject"] = f"[eodeploy] {alert.payload['area']}: {alert.payload['target_class']} changed"
+    msg["Subject"] = f"[eodeploy] {payload['area']}: {payload['target_class']} changed"
     msg["From"] = s.smtp_from
     msg["To"] = to
-    msg["Message-ID"] = f"<eodeploy-alert-{alert.id}@{s.smtp_from.split('@')[-1]}>"
-    msg.set_content(alert.message + "\n\n" + json.dumps(alert.payload, indent=2))
+    msg["Message-ID"] = f"<eodeploy-alert-{alert_id}@{s.smtp_from.split('@')[-1]}>"
+    msg.set_content(message + "\n\n" + json.dumps(payload, indent=2))
     with smtplib.SMTP(s.smtp_host, s.smtp_port, timeout=s.smtp_timeout_s) as smtp:
         if s.smtp_starttls:
             smtp.starttls()
@@ -122,39 +146,87 @@ def _mail(to: str, alert: Alert, s: Settings) -> None:
         smtp.send_message(msg)
 
 
-def deliver_pending(db: Any, settings: Settings, limit: int = 500) -> dict[str, int]:
-    """Send every delivery not yet sent (new, or failed on an earlier run). Each outcome is
-    committed on its own, so a crash loses at most the one in flight (which is then re-sent; the
-    webhook's Idempotency-Key and the e-mail's Message-ID let receivers drop the duplicate)."""
-    counts = {"sent": 0, "failed": 0}
+def sender_id() -> str:
+    """Who claims deliveries: host, process and a random part (unique across replicas)."""
+    return f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def _claimable(now: Any, claim_s: float) -> Any:
+    return or_(
+        Delivery.status.in_(("pending", "failed")),
+        and_(Delivery.status == "sending", Delivery.claimed_at < now - timedelta(seconds=claim_s)),
+    )
+
+
+def _claim(db: Any, me: str, claim_s: float, limit: int, after: int) -> list[dict[str, Any]]:
+    """Claim up to ``limit`` deliveries (ids above ``after``) for ``me`` in one short transaction;
+    what to send, as data."""
     with db.session() as s:
-        ids = s.scalars(
-            select(Delivery.id).where(Delivery.status != "sent").order_by(Delivery.id).limit(limit)
+        now = utcnow()
+        q = (
+            select(Delivery.id)
+            .where(Delivery.id > after, _claimable(now, claim_s))
+            .order_by(Delivery.id)
+            .limit(limit)
+        )
+        if db.engine.dialect.name == "postgresql":
+            q = q.with_for_update(skip_locked=True)  # rows another sender is claiming are passed over
+        ids = list(s.scalars(q))
+        if not ids:
+            return []
+        s.execute(
+            update(Delivery)
+            .where(Delivery.id.in_(ids), _claimable(now, claim_s))
+            .values(status="sending", claimed_by=me, claimed_at=now)
+        )
+        rows = s.execute(
+            select(Delivery.id, Delivery.channel, Delivery.target, Alert.id, Alert.message, Alert.payload)
+            .join(Alert, Delivery.alert_id == Alert.id)
+            .where(Delivery.id.in_(ids), Delivery.claimed_by == me, Delivery.claimed_at == now)
+            .order_by(Delivery.id)
         ).all()
-    for did in ids:
-        with db.session() as s:
-            d = s.get(Delivery, did)
-            if d is None or d.status == "sent":
-                continue
-            alert = d.alert
+    return [{"id": r[0], "channel": r[1], "target": r[2], "alert_id": r[3], "message": r[4],
+             "payload": r[5]} for r in rows]  # fmt: skip
+
+
+def _record(db: Any, me: str, did: int, error: str | None) -> None:
+    values: dict[str, Any] = {"attempts": Delivery.attempts + 1, "last_attempt_at": utcnow(),
+                              "claimed_by": None, "claimed_at": None}  # fmt: skip
+    if error is None:
+        values.update(status="sent", sent_at=utcnow(), last_error=None)
+    else:
+        values.update(status="failed", last_error=error[:2000])
+    with db.session() as s:  # only while the claim is still ours (not taken over as stale)
+        s.execute(update(Delivery).where(Delivery.id == did, Delivery.claimed_by == me).values(**values))
+
+
+def deliver_pending(db: Any, settings: Settings, limit: int = 500) -> dict[str, int]:
+    """Send every delivery not yet sent (new, or failed on an earlier run), claimed in batches and
+    sent with no transaction open. A crash between sending and recording re-sends that one after
+    the claim goes stale (the webhook's Idempotency-Key and the e-mail's Message-ID let receivers
+    drop the duplicate)."""
+    counts = {"sent": 0, "failed": 0}
+    me = sender_id()
+    done, after = 0, 0
+    while done < limit:  # each delivery once per pass: one that fails now waits for the next run
+        batch = _claim(db, me, settings.delivery_claim_s, min(50, limit - done), after)
+        if not batch:
+            break
+        for job in batch:
+            done, after = done + 1, job["id"]
             try:
-                if d.channel == "webhook":
-                    _post(
-                        d.target,
-                        {"alert_id": alert.id, **alert.payload},
-                        f"eodeploy-alert-{alert.id}",
-                        settings,
-                    )
+                if job["channel"] == "webhook":
+                    key = f"eodeploy-alert-{job['alert_id']}"
+                    _post(job["target"], {"alert_id": job["alert_id"], **job["payload"]}, key, settings)
                 else:
-                    _mail(d.target, alert, settings)
-                d.status, d.sent_at, d.last_error = "sent", utcnow(), None
+                    _mail(job["target"], job["alert_id"], job["message"], job["payload"], settings)
+                error = None
                 counts["sent"] += 1
             except Exception as exc:  # noqa: BLE001 - any failure is recorded and retried next run
-                d.status, d.last_error = "failed", f"{type(exc).__name__}: {exc}"[:2000]
+                error = f"{type(exc).__name__}: {exc}"
                 counts["failed"] += 1
-                log.warning("alert %s to %s failed: %s", alert.id, d.target, d.last_error)
-            d.attempts += 1
-            d.last_attempt_at = utcnow()
+                log.warning("alert %s (%s) failed: %s", job["alert_id"], job["channel"], error)
+            db.retrying(lambda job=job, error=error: _record(db, me, job["id"], error))
     return counts
 
 

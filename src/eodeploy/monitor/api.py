@@ -1,22 +1,28 @@
 """REST endpoints for monitoring under ``/monitor``: areas (CRUD), runs, time series, alerts.
 
-Writes need an admin API key when keys are configured (as the model repository endpoints do).
-The database is the server's ``EODEPLOY_DATABASE_URL``; handlers are sync and run in the thread
-pool, so database work never blocks inference.
+Every endpoint, reads included, needs an API key when keys are configured (responses show areas,
+alerts and runs), and every response goes through ``public`` (webhook URLs, e-mail addresses and
+server paths masked). The database is the server's ``EODEPLOY_DATABASE_URL``, connected and
+migrated once at start-up (under the migration lock); handlers are sync and run in the thread pool,
+so database work never blocks inference.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import Response
 
-from eodeploy.errors import ConflictError, DatabaseUnavailableError, NotFoundError
+from eodeploy.errors import ConflictError, DatabaseUnavailableError, EodeployError, NotFoundError
 from eodeploy.monitor.alerts import acknowledge, alert_dict
 from eodeploy.monitor.areas import (
     AreaSpec,
@@ -28,24 +34,83 @@ from eodeploy.monitor.areas import (
     update_area,
 )
 from eodeploy.monitor.db import Database
+from eodeploy.monitor.public import public, scrub
 from eodeploy.monitor.report import list_alerts, list_runs, time_series
 from eodeploy.package.repository import ModelRepository
 from eodeploy.serve.auth import require_admin
-from eodeploy.serve.errors import json_response
+from eodeploy.serve.errors import error_response, json_response, status_of
 
-router = APIRouter(prefix="/monitor", tags=["Monitoring"])
 log = logging.getLogger("eodeploy.monitor")
 
 
+@asynccontextmanager
+async def _lifespan(app: Any) -> AsyncIterator[None]:
+    """Open and migrate the monitoring database at start-up, off the event loop; a database that
+    is down now is connected later, on first use (the server still serves inference)."""
+    from starlette.concurrency import run_in_threadpool
+
+    try:
+        db = app_database(app.state)
+        await run_in_threadpool(db.ensure, 1)
+    except DatabaseUnavailableError as exc:
+        log.warning("monitoring database not ready at start-up: %s", exc)
+    except Exception:  # noqa: BLE001 - a broken database must not keep inference from starting
+        log.exception("monitoring database could not be opened at start-up")
+    yield
+
+
+class _MaskedErrors(APIRoute):
+    """Error bodies of ``/monitor`` masked like its responses: a domain error's message may name a
+    folder, a database file or a webhook URL."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def masked(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except EodeployError as exc:
+                return error_response(status_of(exc), scrub(str(exc)))
+
+        return masked
+
+
+router = APIRouter(
+    prefix="/monitor",
+    tags=["Monitoring"],
+    dependencies=[Depends(require_admin)],
+    lifespan=_lifespan,
+    route_class=_MaskedErrors,
+)
+
+
+def _respond(content: Any, status_code: int = 200) -> Response:
+    return json_response(public(content), status_code)
+
+
+_opening = threading.Lock()  # request threads and metrics scrapes may ask at the same moment
+
+
 def app_database(state: Any) -> Database:
-    """The server's monitoring database, opened on first use."""
+    """The server's monitoring database: opened at start-up (``_lifespan``), or on first use when
+    it was down then; one per app, whichever thread asks first."""
     if getattr(state, "monitor_db", None) is None:
-        state.monitor_db = Database.from_settings(state.settings)
+        with _opening:
+            if getattr(state, "monitor_db", None) is None:
+                state.monitor_db = Database.from_settings(state.settings)
     return state.monitor_db  # type: ignore[no-any-return]
 
 
 def _db(request: Request) -> Database:
     return app_database(request.app.state)
+
+
+def _check_webhook(request: Request, url: str | None) -> None:
+    """A webhook the URL guard would refuse at delivery is refused now, with the reason (400)."""
+    if url:
+        from eodeploy.netguard import URLPolicy, check_url
+
+        check_url(url, URLPolicy.from_settings(request.app.state.settings))
 
 
 @router.get("/areas", summary="List areas of interest")
@@ -55,50 +120,49 @@ def areas(request: Request) -> Response:
     from eodeploy.monitor.db import Area
 
     with _db(request).session() as s:
-        return json_response([area_dict(a) for a in s.scalars(select(Area).order_by(Area.name))])
+        return _respond([area_dict(a) for a in s.scalars(select(Area).order_by(Area.name))])
 
 
-@router.post(
-    "/areas", summary="Add an area of interest", status_code=201, dependencies=[Depends(require_admin)]
-)
+@router.post("/areas", summary="Add an area of interest", status_code=201)
 def create_area(
     request: Request,
     spec: AreaSpec,
     replace: bool = Query(False, description="replace (deletes its history)"),
 ) -> Response:
+    _check_webhook(request, spec.webhook_url)
     repo = ModelRepository(request.app.state.settings.model_repo)
     with _db(request).session() as s:
         area, notes, created = add_area(s, repo, spec, replace=replace)
         body: dict[str, Any] = {"area": area_dict(area), "notes": notes, "created": created}
-    return json_response(body, 201 if created else 200)
+    return _respond(body, 201 if created else 200)
 
 
 @router.get("/areas/{name}", summary="One area of interest")
 def read_area(request: Request, name: str) -> Response:
     with _db(request).session() as s:
-        return json_response(area_dict(get_area(s, name)))
+        return _respond(area_dict(get_area(s, name)))
 
 
-@router.patch("/areas/{name}", summary="Change thresholds, alerts, schedule, source or state",
-              dependencies=[Depends(require_admin)])  # fmt: skip
+@router.patch("/areas/{name}", summary="Change thresholds, alerts, schedule, source or state")
 def patch_area(request: Request, name: str, update: AreaUpdate) -> Response:
+    _check_webhook(request, update.webhook_url)
     with _db(request).session() as s:
-        return json_response(area_dict(update_area(s, name, update)))
+        return _respond(area_dict(update_area(s, name, update)))
 
 
-@router.delete("/areas/{name}", summary="Remove an area", dependencies=[Depends(require_admin)])
+@router.delete("/areas/{name}", summary="Remove an area")
 def delete_area(
     request: Request, name: str, purge: bool = Query(False, description="delete its history too")
 ) -> Response:
     with _db(request).session() as s:
         n = remove_area(s, name, purge)
-    return json_response({"removed": name, "observations_deleted": n})
+    return _respond({"removed": name, "observations_deleted": n})
 
 
 @router.get("/areas/{name}/series", summary="Time series of the target class")
 def series(request: Request, name: str) -> Response:
     with _db(request).session() as s:
-        return json_response(time_series(s, name))
+        return _respond(time_series(s, name))
 
 
 class RunRequest(BaseModel):
@@ -108,14 +172,12 @@ class RunRequest(BaseModel):
     date: datetime | None = Field(default=None, description="take scenes acquired up to then (UTC)")
 
 
-@router.post("/runs", summary="Start a monitoring run in the background", status_code=202,
-             dependencies=[Depends(require_admin)])  # fmt: skip
+@router.post("/runs", summary="Start a monitoring run in the background", status_code=202)
 def start_run(request: Request, body: RunRequest | None = None) -> Response:
     """One pass, as ``eodeploy monitor run``, on a background thread of this server (it shares the
     CPU with inference: schedule heavy monitoring as its own job). One at a time per server; poll
-    ``GET /monitor/runs/{id}``."""
-    import threading
-
+    ``GET /monitor/runs/{id}``. Runs elsewhere (CLI, cron, replicas) are kept off the same areas
+    by the areas' leases."""
     from eodeploy.monitor.areas import get_area, naive_utc
     from eodeploy.monitor.run import run_monitoring
 
@@ -151,7 +213,7 @@ def start_run(request: Request, body: RunRequest | None = None) -> Response:
         raise DatabaseUnavailableError(
             "the run could not start (the database did not answer); see the server log"
         )
-    return json_response({"run_id": run_id["id"], "status": "running"}, 202)
+    return _respond({"run_id": run_id["id"], "status": "running"}, 202)
 
 
 @router.get("/runs/{run_id}", summary="One monitoring run")
@@ -163,13 +225,13 @@ def read_run(request: Request, run_id: int) -> Response:
         r = s.get(Run, run_id)
         if r is None:
             raise NotFoundError(f"no monitoring run with id {run_id}")
-        return json_response(run_dict(r))
+        return _respond(run_dict(r))
 
 
 @router.get("/runs", summary="Latest monitoring runs")
 def runs(request: Request, limit: int = Query(20, ge=1, le=1000)) -> Response:
     with _db(request).session() as s:
-        return json_response(list_runs(s, limit))
+        return _respond(list_runs(s, limit))
 
 
 @router.get("/alerts", summary="Alerts, newest first")
@@ -180,10 +242,10 @@ def alerts(
     limit: int = Query(200, ge=1, le=5000),
 ) -> Response:
     with _db(request).session() as s:
-        return json_response(list_alerts(s, area, acknowledged, limit))
+        return _respond(list_alerts(s, area, acknowledged, limit))
 
 
-@router.post("/alerts/{alert_id}/ack", summary="Acknowledge an alert", dependencies=[Depends(require_admin)])
+@router.post("/alerts/{alert_id}/ack", summary="Acknowledge an alert")
 def ack(request: Request, alert_id: int, by: str | None = Query(None, max_length=200)) -> Response:
     with _db(request).session() as s:
-        return json_response(alert_dict(acknowledge(s, alert_id, by)))
+        return _respond(alert_dict(acknowledge(s, alert_id, by)))

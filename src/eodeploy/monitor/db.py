@@ -7,6 +7,7 @@ database holds them; nothing here needs PostGIS.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -29,10 +30,10 @@ from sqlalchemy import (
     event,
 )
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DatabaseError, IntegrityError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
-from eodeploy.errors import DatabaseUnavailableError
+from eodeploy.errors import ConflictError, DatabaseBusyError, DatabaseUnavailableError
 
 log = logging.getLogger("eodeploy.monitor")
 T = TypeVar("T")
@@ -160,13 +161,27 @@ class Delivery(Base):
     alert_id: Mapped[int] = mapped_column(ForeignKey("alerts.id", ondelete="CASCADE"), index=True)
     channel: Mapped[str] = mapped_column(String(20))  # webhook, email
     target: Mapped[str] = mapped_column(String(2000))
-    status: Mapped[str] = mapped_column(String(20), default="pending")  # pending, sent, failed
+    status: Mapped[str] = mapped_column(String(20), default="pending")  # pending, sending, sent, failed
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     last_attempt_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     sent_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    #: The outbox claim: who is sending it now, since when (a stale claim can be taken over).
+    claimed_by: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    claimed_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
 
     alert: Mapped[Alert] = relationship(back_populates="deliveries")
+
+
+class Lease(Base):
+    """Work only one process may do at a time (an area's run), across processes and hosts: taken
+    atomically, renewed by a heartbeat while held, taken over once it expires."""
+
+    __tablename__ = "leases"
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(100))
+    acquired_at: Mapped[datetime] = mapped_column(DateTime)
+    expires_at: Mapped[datetime] = mapped_column(DateTime)
 
 
 def redact(url: str) -> str:
@@ -177,7 +192,7 @@ def redact(url: str) -> str:
         return url
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, busy_timeout_s: float = 30.0) -> Engine:
     """An engine for ``url``; SQLite files get their folder, foreign keys and WAL."""
     try:
         u = make_url(url)
@@ -189,14 +204,22 @@ def make_engine(url: str) -> Engine:
     if u.get_backend_name() == "sqlite":
         if u.database and u.database != ":memory:":
             Path(u.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(u, connect_args={"timeout": 30})
+        engine = create_engine(u, connect_args={"timeout": busy_timeout_s})
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.isolation_level = None  # transactions are begun below, not by the driver
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA journal_mode=WAL")
             cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(conn: Any) -> None:
+            # Take the write lock when the transaction starts: a transaction that read first and
+            # writes later would otherwise fail at once with "database is locked" when another
+            # process wrote in between (no waiting), and read-then-update claims would not be atomic.
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
     connect_args = {"connect_timeout": 5} if u.get_backend_name() == "postgresql" else {}
@@ -214,7 +237,12 @@ def connect_checked(engine: Engine, attempts: int = 3, backoff_s: float = 1.0) -
         try:
             with engine.connect():
                 return
-        except OperationalError as exc:
+        except DatabaseError as exc:
+            if not isinstance(exc, OperationalError):  # it answers, but it is not a usable database
+                raise DatabaseUnavailableError(
+                    f"the database at {redact(str(engine.url))} cannot be used ({_reason(exc)}); check "
+                    "that EODEPLOY_DATABASE_URL names an eodeploy database. Nothing was written."
+                ) from exc
             reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
             if attempt == attempts:
                 raise DatabaseUnavailableError(
@@ -227,35 +255,99 @@ def connect_checked(engine: Engine, attempts: int = 3, backoff_s: float = 1.0) -
             time.sleep(wait)
 
 
+#: The PostgreSQL advisory lock key that serialises migrations (any constant; "eodeploy" in hex).
+MIGRATION_LOCK_KEY = 0x656F6465706C6F79
+
+
+@contextmanager
+def _migration_lock(engine: Engine) -> Iterator[Any]:
+    """A connection holding the cross-process migration lock: PostgreSQL's session advisory lock
+    (replicas, cron and CLI on other hosts), a lock file next to a SQLite database."""
+    if engine.dialect.name == "postgresql":
+        from sqlalchemy import text
+
+        with engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": MIGRATION_LOCK_KEY})
+            conn.commit()
+            try:
+                yield conn
+            finally:
+                conn.rollback()
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": MIGRATION_LOCK_KEY})
+                conn.commit()
+        return
+    database = engine.url.database if engine.dialect.name == "sqlite" else None
+    if not database or database == ":memory:":
+        with engine.connect() as conn:
+            yield conn
+        return
+    import fcntl
+
+    with open(Path(database).expanduser().with_name(Path(database).name + ".migrate-lock"), "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            with engine.connect() as conn:
+                yield conn
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def migrate(engine: Engine) -> None:
-    """Bring the schema to the newest Alembic revision (creates it on an empty database)."""
+    """Bring the schema to the newest Alembic revision (creates it on an empty database), holding
+    the migration lock: two processes starting together migrate one after the other, and the
+    second finds nothing left to do."""
     from alembic import command
     from alembic.config import Config
 
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
-    with engine.begin() as conn:
+    with _migration_lock(engine) as conn:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
+        conn.commit()
+
+
+def _reason(exc: DatabaseError) -> str:
+    return str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+
+
+def _is_busy(exc: OperationalError) -> bool:
+    """SQLite's writer lock (and PostgreSQL's lock timeouts): the database is there, just busy."""
+    reason = _reason(exc).lower()
+    return (
+        "database is locked" in reason or "database table is locked" in reason or ("lock timeout" in reason)
+    )
 
 
 class Database:
     """Engine + sessions for one URL, migrated on first use."""
 
-    def __init__(self, url: str, attempts: int = 3, backoff_s: float = 1.0) -> None:
+    def __init__(
+        self, url: str, attempts: int = 3, backoff_s: float = 1.0, busy_timeout_s: float = 30.0
+    ) -> None:
         self.url = url
-        self.engine = make_engine(url)
+        self.engine = make_engine(url, busy_timeout_s)
         self._attempts, self._backoff = attempts, backoff_s
         self._ready = False
+        self._ready_lock = threading.Lock()  # threads of one process; the migration lock does the rest
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @classmethod
     def from_settings(cls, settings: Any) -> Database:
-        return cls(settings.database_url, settings.db_connect_attempts, settings.db_retry_backoff_s)
+        return cls(
+            settings.database_url,
+            settings.db_connect_attempts,
+            settings.db_retry_backoff_s,
+            settings.db_busy_timeout_s,
+        )
 
     def ensure(self, attempts: int | None = None) -> None:
-        """Connect (with retries) and migrate, once."""
-        if not self._ready:
+        """Connect (with retries) and migrate, once per process (servers call it at start-up)."""
+        if self._ready:
+            return
+        with self._ready_lock:
+            if self._ready:
+                return
             connect_checked(self.engine, attempts or self._attempts, self._backoff)
             try:
                 migrate(self.engine)
@@ -277,9 +369,27 @@ class Database:
             s.commit()
         except OperationalError as exc:
             s.rollback()
+            if _is_busy(exc):
+                raise DatabaseBusyError(
+                    f"the database at {redact(self.url)} is busy ({_reason(exc)}: another process "
+                    "holds its write lock); this transaction was rolled back, nothing partial was "
+                    "stored; try again in a moment"
+                ) from exc
             raise DatabaseUnavailableError(
-                f"the database at {redact(self.url)} failed ({str(exc.orig).strip().splitlines()[0]}); "
+                f"the database at {redact(self.url)} failed ({_reason(exc)}); "
                 "this transaction was rolled back, nothing partial was stored; run again when it is back"
+            ) from exc
+        except IntegrityError as exc:
+            s.rollback()
+            raise ConflictError(
+                f"a concurrent change stored the same thing first ({_reason(exc)}); nothing of this "
+                "request was stored; read the current state and try again"
+            ) from exc
+        except DatabaseError as exc:  # e.g. "file is not a database", a schema that is not ours
+            s.rollback()
+            raise DatabaseUnavailableError(
+                f"the database at {redact(self.url)} cannot be used ({_reason(exc)}); check that "
+                "EODEPLOY_DATABASE_URL names an eodeploy database. Nothing was written."
             ) from exc
         except BaseException:
             s.rollback()
@@ -294,12 +404,13 @@ class Database:
         for attempt in range(1, self._attempts + 1):
             try:
                 return fn()
-            except DatabaseUnavailableError:
+            except DatabaseUnavailableError as exc:
                 if attempt == self._attempts:
                     raise
                 wait = self._backoff * 2 ** (attempt - 1)
                 log.warning(
-                    "database unavailable; retrying in %.1f s (attempt %d of %d)",
+                    "database %s; retrying in %.1f s (attempt %d of %d)",
+                    "busy" if isinstance(exc, DatabaseBusyError) else "unavailable",
                     wait,
                     attempt + 1,
                     self._attempts,

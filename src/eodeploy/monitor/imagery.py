@@ -148,8 +148,15 @@ def _stac_candidates(source: dict[str, Any], geom: Any, as_of: datetime, cache_d
 
     start = as_of - timedelta(days=int(source.get("days", 10)))
     max_cloud = float(source.get("max_cloud", 100))
+    from pystac_client.stac_api_io import StacApiIO
+
+    from eodeploy.netguard import BlockedURLError, check_url, guarded_session
+
+    stac_io = StacApiIO(timeout=30, max_retries=0)
+    stac_io.session = guarded_session()  # the search and every page link pass the URL guard
     try:
-        client = Client.open(source["url"], timeout=30)
+        check_url(source["url"])
+        client = Client.open(source["url"], stac_io=stac_io)
         search = client.search(
             collections=source.get("collections"),
             intersects=shapely.geometry.mapping(geom),
@@ -158,6 +165,8 @@ def _stac_candidates(source: dict[str, Any], geom: Any, as_of: datetime, cache_d
             max_items=int(source.get("max_items", 50)),
         )
         items = list(search.items())
+    except BlockedURLError as exc:
+        raise DataError(f"STAC search refused: {exc}") from exc
     except (APIError, OSError, ValueError) as exc:
         raise DataError(
             f"STAC search at {source['url']} failed ({exc}); check the URL and collection"

@@ -12,7 +12,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
-from eodeploy.errors import DatabaseUnavailableError
+from eodeploy.errors import DatabaseBusyError, DatabaseUnavailableError
 
 log = logging.getLogger("eodeploy.monitor")
 RUN_STATES = ("running", "succeeded", "failed", "interrupted")
@@ -44,18 +44,34 @@ class MonitorCollector(Collector):
                     ).all()
                 )
                 last = s.scalar(select(Run).order_by(Run.id.desc()).limit(1))
+        except DatabaseBusyError as exc:  # it answers, another writer holds the lock: up, but busy
+            log.warning("metrics: %s", exc)
+            up.add_metric([], 1)
+            yield up
+            busy = GaugeMetricFamily("eodeploy_monitor_database_busy", "1 when the database was locked")
+            busy.add_metric([], 1)
+            yield busy
+            return
         except DatabaseUnavailableError as exc:
             log.warning("metrics: %s", exc)
             up.add_metric([], 0)
             yield up
             return
+        except Exception:  # noqa: BLE001 - a broken schema or file must not take all of /metrics down
+            log.exception("metrics: the monitoring database could not be read")
+            up.add_metric([], 0)
+            yield up
+            return
         up.add_metric([], 1)
         yield up
+        g = GaugeMetricFamily("eodeploy_monitor_database_busy", "1 when the database was locked")
+        g.add_metric([], 0)
+        yield g
         g = GaugeMetricFamily("eodeploy_monitor_alerts_unacknowledged", "Alerts nobody has acknowledged")
         g.add_metric([], unacked)
         yield g
         g = GaugeMetricFamily("eodeploy_monitor_deliveries", "Alert deliveries by status", labels=["status"])
-        for status in ("pending", "sent", "failed"):
+        for status in ("pending", "sending", "sent", "failed"):
             g.add_metric([status], by_status.get(status, 0))
         yield g
         g = GaugeMetricFamily("eodeploy_monitor_area_seconds_since_check",

@@ -8,6 +8,7 @@ crash leaves nothing partial and the next run picks up the scenes not yet stored
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 from collections.abc import Callable
@@ -17,16 +18,16 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select, update
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from eodeploy.errors import DatabaseUnavailableError, DataError, EodeployError
+from eodeploy.errors import ConflictError, DatabaseUnavailableError, DataError, EodeployError
 from eodeploy.geo.outputs import CLASSES_TIF
 from eodeploy.geo.predict import OutsideSceneError, predict_scene
 from eodeploy.monitor.alerts import deliver_pending, make_alert
 from eodeploy.monitor.areas import get_area, resolve_model
 from eodeploy.monitor.db import Area, Database, Observation, Run, utcnow
 from eodeploy.monitor.imagery import Candidate, covers, list_scenes, mosaic_patches
+from eodeploy.monitor.lease import Held, LeaseLostError, acquire
 from eodeploy.monitor.measure import measure_area
 from eodeploy.package.repository import ModelRepository
 from eodeploy.settings import Settings
@@ -51,6 +52,7 @@ class RunReport:
     alerts: int = 0
     deliveries: dict[str, int] = field(default_factory=dict)
     failures: list[dict[str, str]] = field(default_factory=list)
+    busy: list[str] = field(default_factory=list)  # areas another process was running
     warnings: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
@@ -58,11 +60,18 @@ class RunReport:
             "areas": self.areas, "not_due": self.not_due, "stored": self.stored, "cloudy": self.cloudy,
             "already_stored": self.already, "outside": self.outside, "alerts": self.alerts,
             "deliveries": self.deliveries, "failures": self.failures, "warnings": self.warnings,
+            "busy": self.busy,
         }  # fmt: skip
 
 
 def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(name).stem)[:120] or "scene"
+    """A folder name for an area or scene name: the whole name (``farm.north`` and ``farm.south``
+    stay apart), safe on every file system, never ``.``/``..``; when characters had to be replaced
+    or the name shortened, a short hash of the original keeps two names from meeting."""
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).lstrip(".")[:80] or "_"
+    if slug != name:
+        slug += "-" + hashlib.sha256(name.encode()).hexdigest()[:8]
+    return slug
 
 
 def run_monitoring(
@@ -77,6 +86,16 @@ def run_monitoring(
 ) -> RunReport:
     """One monitoring pass. ``as_of``: take scenes acquired up to then (default now, UTC);
     ``area``: only that area, due or not; ``force``: every active area, due or not."""
+    from eodeploy.netguard import URLPolicy, using
+
+    with using(URLPolicy.from_settings(settings)):  # STAC searches, items and assets of this run
+        return _run_monitoring(db, settings, as_of, area, force, trigger, on_event)
+
+
+def _run_monitoring(
+    db: Database, settings: Settings, as_of: datetime | None, area: str | None, force: bool,
+    trigger: str, on_event: Event | None,
+) -> RunReport:  # fmt: skip
     emit = on_event or (lambda _k, _i: None)
     now = utcnow()
     as_of = as_of or now
@@ -106,13 +125,18 @@ def run_monitoring(
                     or a.last_checked_at is None
                     or a.last_checked_at <= now - timedelta(hours=a.interval_hours)
                 ):
-                    due.append(a.id)
+                    due.append((a.id, a.name))
                 else:
                     report.not_due.append(a.name)
         repo = ModelRepository(settings.model_repo)
         predictors: dict[tuple[str, int], Any] = {}
-        for area_id in due:
-            _run_area(db, settings, repo, area_id, report, predictors, emit)
+        for area_id, name in due:
+            try:
+                _run_area(db, settings, repo, area_id, report, predictors, emit)
+            except DatabaseUnavailableError:
+                raise  # the database is everyone's: the run stops (and resumes next time)
+            except Exception as exc:  # noqa: BLE001 - one area's failure stays that area's
+                _area_failed(report, name, exc, emit)
         report.deliveries = deliver_pending(db, settings)
         status = "failed" if report.failures else "succeeded"
         _finish(db, run_id, status, report, None)
@@ -124,6 +148,20 @@ def run_monitoring(
             log.warning("could not record the end of run %s", run_id)
         raise
     return report
+
+
+def _describe(exc: BaseException) -> str:
+    """Domain errors speak for themselves; anything else is named by its type (a bare
+    ``KeyError: 'datetime'`` says little without it)."""
+    return str(exc) if isinstance(exc, EodeployError) else f"{type(exc).__name__}: {exc}"
+
+
+def _area_failed(report: RunReport, name: str, exc: BaseException, emit: Event) -> None:
+    error = _describe(exc)
+    if not isinstance(exc, (EodeployError, OSError)):
+        log.error("area %s: unexpected error", name, exc_info=exc)
+    report.failures.append({"area": name, "error": error})
+    emit("area_failed", {"area": name, "error": error})
 
 
 def _finish(db: Database, run_id: int, status: str, report: RunReport, error: str | None) -> None:
@@ -146,12 +184,44 @@ def _run_area(
         model, ref = a.model, a.model_version
         spec = {"name": a.name, "area_ha": a.area_ha, "target_class": a.target_class, "mmu_ha": a.mmu_ha}
     report.areas.append(name)
+    held = acquire(db, f"area:{area_id}", settings.monitor_lease_s)
+    if not isinstance(held, Held):
+        holder, until = held
+        report.busy.append(name)
+        report.warnings.append(
+            f"{name}: skipped, another run ({holder}) is working on it (lease until {until:%H:%M:%S} UTC)"
+        )
+        emit("area_busy", {"area": name, "holder": holder})
+        return
+    with held:
+        _clean_leftovers(settings, name)
+        _run_leased(db, settings, repo, area_id, report, predictors, emit, held, name, geom, source,
+                    model, ref, spec)  # fmt: skip
+
+
+def _clean_leftovers(settings: Settings, area: str) -> None:
+    """What a run killed mid-scene left of this area: half-written output folders (maps are
+    written to ``.NAME.partial-*`` and renamed when complete) and mosaics. Safe under the area's
+    lease: no other run writes here now."""
+    import shutil
+
+    folder = settings.monitor_dir / _safe(area)
+    for p in [*folder.glob(".*.partial-*"), settings.monitor_dir / ".mosaics" / _safe(area)]:
+        if p.is_dir():
+            log.info("removing %s, left by an interrupted run", p)
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _run_leased(
+    db: Database, settings: Settings, repo: ModelRepository, area_id: int, report: RunReport,
+    predictors: dict[tuple[str, int], Any], emit: Event, held: Held, name: str, geom: Any,
+    source: dict[str, Any], model: str, ref: str, spec: dict[str, Any],
+) -> None:  # fmt: skip
     try:
         pkg = resolve_model(repo, model, ref)
         scenes = list_scenes(source, geom, report.as_of, settings.monitor_dir / ".stac-items")
-    except EodeployError as exc:
-        report.failures.append({"area": name, "error": str(exc)})
-        emit("area_failed", {"area": name, "error": str(exc)})
+    except Exception as exc:  # noqa: BLE001 - a bad source or model fails this area alone
+        _area_failed(report, name, exc, emit)
         return
     with db.session() as s:
         done = set(
@@ -183,12 +253,17 @@ def _run_area(
         except OutsideSceneError:
             report.outside += 1
             continue
-        except (EodeployError, OSError) as exc:  # a bad scene fails alone; it is tried again next run
-            report.failures.append({"area": name, "scene": c.scene_id, "error": str(exc)})
-            emit("scene_failed", {"area": name, "scene": c.scene_id, "error": str(exc)})
+        except DatabaseUnavailableError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a bad scene fails alone; it is tried again next run
+            error = _describe(exc)
+            if not isinstance(exc, (EodeployError, OSError)):
+                log.error("%s, scene %s: unexpected error", name, c.scene_id, exc_info=exc)
+            report.failures.append({"area": name, "scene": c.scene_id, "error": error})
+            emit("scene_failed", {"area": name, "scene": c.scene_id, "error": error})
             continue
         stored, alert = db.retrying(
-            lambda c=c, info=obs_info: _store(db, area_id, report.run_id, c, pkg, info)
+            lambda c=c, info=obs_info: _store(db, area_id, report.run_id, c, pkg, info, held)
         )
         if stored is None:
             report.already += 1
@@ -213,7 +288,7 @@ def _process(
     classes = [k.name for k in pkg.spec.classes]
     source, mosaic = c.source, None
     if Path(c.source).is_dir():  # a GEE export of patches: mosaicked, then mapped like a scene
-        mosaic = settings.monitor_dir / ".mosaics" / f"{_safe(area['name'])}-{_safe(c.scene_id)}.tif"
+        mosaic = settings.monitor_dir / ".mosaics" / _safe(area["name"]) / f"{_safe(c.scene_id)}.tif"
         source = str(mosaic_patches(Path(c.source), mosaic))
     try:
         predict_scene(predictor, source, out, overwrite=True, aoi=geom, mmu_ha=area["mmu_ha"])
@@ -235,12 +310,13 @@ def _pct(delta: float, base: float | None) -> float | None:
 
 
 def _store(
-    db: Database, area_id: int, run_id: int, c: Candidate, pkg: Any, info: dict[str, Any]
+    db: Database, area_id: int, run_id: int, c: Candidate, pkg: Any, info: dict[str, Any], held: Held
 ) -> tuple[Observation | None, int]:
-    """Observation + changes + alert in one transaction. (None, 0) when a concurrent run stored
-    the same (area, scene, version) first."""
+    """Observation + changes + alert in one transaction, only while this run holds the area's
+    lease. (None, 0) when a concurrent run stored the same (area, scene, version) first."""
     try:
         with db.session() as s:
+            held.fence(s)
             area = s.get(Area, area_id)
             assert area is not None
             ok = info["observed_share"] >= area.min_observed
@@ -257,7 +333,9 @@ def _store(
             s.flush()
             alert = make_alert(s, area, obs) if ok else None
             return obs, int(alert is not None)
-    except IntegrityError:
+    except LeaseLostError:
+        raise
+    except ConflictError:  # the unique key: another run stored this (area, scene, version) first
         return None, 0
 
 
