@@ -8,56 +8,24 @@ import json
 import threading
 import time
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from conftest import (
-    BIAS,
-    WEIGHTS,
     add_tiny_v2,
-    linear_onnx,
-    linear_spec,
+    make_repo,
     reference_proba,
     reference_proba_v2,
     require,
 )
 from eodeploy.errors import InferenceTimeoutError, InvalidInputError, ServerBusyError
-from eodeploy.package import ModelRepository
-from eodeploy.settings import Settings
 
 require("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from eodeploy.serve import create_app  # noqa: E402
 from eodeploy.serve.batcher import BatchConfig, DynamicBatcher  # noqa: E402
-
-
-def make_repo(root: Path, versions: int = 1) -> ModelRepository:
-    repo = ModelRepository(root / "models")
-    repo.add("tiny", linear_onnx(WEIGHTS, BIAS), linear_spec())
-    if versions > 1:
-        add_tiny_v2(repo)
-    return repo
-
-
-@pytest.fixture
-def client_for(tmp_path: Path) -> Iterator:  # type: ignore[type-arg]
-    clients: list[TestClient] = []
-
-    def make(repo: ModelRepository, **settings: object) -> TestClient:
-        base: dict[str, object] = {"grpc_port": 0, "poll_interval_s": 0, "intra_op_threads": 1}
-        cfg = Settings(model_repo=repo.root, **{**base, **settings})  # type: ignore[arg-type]
-        client = TestClient(create_app(cfg), raise_server_exceptions=False)
-        client.__enter__()
-        clients.append(client)
-        return client
-
-    yield make
-    for c in clients:
-        c.__exit__(None, None, None)
 
 
 def predict(client: TestClient, raw: np.ndarray, path: str = "/v1/models/tiny:predict", **headers: str):  # type: ignore[no-untyped-def]
@@ -73,7 +41,7 @@ def _batcher(run_delay: float, **cfg: float) -> tuple[DynamicBatcher, list[int]]
         time.sleep(run_delay)
         return x.reshape(len(x), -1)[:, :2] * 2
 
-    def pre(x: np.ndarray, _bands: object) -> np.ndarray:
+    def pre(x: np.ndarray, _bands: object, _units: object = None) -> np.ndarray:
         if np.isnan(x).any():
             raise InvalidInputError("NaN in input")
         return x.astype(np.float32)

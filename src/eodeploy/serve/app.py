@@ -50,7 +50,6 @@ def create_app(settings: Settings | None = None, grpc: bool = True) -> FastAPI:
             grpc_server = await start_grpc_server(
                 state, settings.host, settings.grpc_port, int(settings.max_body_mib * 2**20)
             )
-        log.info("serving %s", ", ".join(state.registry.names()) or "no models")
         try:
             yield
         finally:
@@ -87,7 +86,7 @@ def create_app(settings: Settings | None = None, grpc: bool = True) -> FastAPI:
     app.add_exception_handler(EodeployError, errors.domain_error_handler)
     app.add_exception_handler(HTTPException, errors.http_error_handler)
     app.add_exception_handler(RequestValidationError, errors.validation_error_handler)
-    app.add_exception_handler(Exception, errors.unexpected_error_handler)
+    # Unexpected exceptions become the generic 500 in RequestContextMiddleware, with the request id.
     app.add_middleware(RequestContextMiddleware, max_body_bytes=int(settings.max_body_mib * 2**20))
 
     app.include_router(upload.router)

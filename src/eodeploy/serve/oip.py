@@ -104,7 +104,7 @@ def build_outputs(
         if k:
             if name != spec.output_name:
                 raise InvalidInputError(f"classification applies to {spec.output_name!r}, not {name!r}")
-            k = max(1, min(int(k), proba.shape[1]))
+            k = max(1, min(_count(k, "classification"), proba.shape[1]))
             top = np.argsort(-proba, axis=1)[:, :k]
             labels = spec.class_names
             strings = [
@@ -115,6 +115,19 @@ def build_outputs(
         arr = available[name]
         out.append(OutputTensor(name, "FP32" if arr.dtype == np.float32 else "INT64", list(arr.shape), arr))
     return out
+
+
+def _count(value: Any, what: str) -> int:
+    """A whole-number parameter (JSON number or string of digits), or a clear 400."""
+    if isinstance(value, bool) or not isinstance(value, int | str | float):
+        raise InvalidInputError(f"parameter {what} must be a whole number such as 3, got {value!r}")
+    try:
+        n = int(value)
+    except (ValueError, OverflowError):
+        raise InvalidInputError(f"parameter {what} must be a whole number such as 3, got {value!r}") from None
+    if n != value and str(n) != str(value).strip():
+        raise InvalidInputError(f"parameter {what} must be a whole number such as 3, got {value!r}")
+    return n
 
 
 def units_param(parameters: dict[str, Any] | None) -> str:

@@ -13,16 +13,9 @@ import grpc
 import numpy as np
 
 from eodeploy import __version__
-from eodeploy.errors import (
-    EodeployError,
-    InferenceTimeoutError,
-    InvalidInputError,
-    ModelNotFoundError,
-    ModelNotReadyError,
-    PayloadTooLargeError,
-    ServerBusyError,
-)
+from eodeploy.errors import EodeployError, InvalidInputError
 from eodeploy.serve.auth import key_is_valid
+from eodeploy.serve.errors import INTERNAL_MESSAGE, grpc_code_of
 from eodeploy.serve.oip import (
     EXTENSIONS,
     PLATFORM,
@@ -44,20 +37,15 @@ _CONTENTS = {  # datatype -> InferTensorContents field
     "FP32": "fp32_contents",
     "FP64": "fp64_contents",
 }
-_CODES: list[tuple[type[EodeployError], grpc.StatusCode]] = [
-    (ModelNotFoundError, grpc.StatusCode.NOT_FOUND),
-    (ModelNotReadyError, grpc.StatusCode.UNAVAILABLE),
-    (ServerBusyError, grpc.StatusCode.UNAVAILABLE),
-    (InferenceTimeoutError, grpc.StatusCode.DEADLINE_EXCEEDED),
-    (PayloadTooLargeError, grpc.StatusCode.RESOURCE_EXHAUSTED),
-]
 
 
-def _code(exc: EodeployError) -> grpc.StatusCode:
-    for cls, code in _CODES:
-        if isinstance(exc, cls):
-            return code
-    return grpc.StatusCode.INVALID_ARGUMENT
+async def _abort(context: grpc.aio.ServicerContext, exc: Exception) -> None:
+    """The REST error table's gRPC column; anything unexpected is logged and answered INTERNAL."""
+    code = grpc_code_of(exc)
+    if code == "INTERNAL":
+        log.error("unhandled error in a gRPC call", exc_info=exc)
+        await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
+    await context.abort(grpc.StatusCode[code], str(exc))
 
 
 def _stubs() -> tuple[Any, Any]:
@@ -100,8 +88,8 @@ def make_servicer(state: Any) -> Any:
         async def ModelMetadata(self, request: Any, context: Any) -> Any:  # noqa: N802
             try:
                 model = state.registry.resolve(request.name, request.version or None)
-            except EodeployError as exc:
-                await context.abort(_code(exc), str(exc))
+            except Exception as exc:
+                await _abort(context, exc)
             meta = model_metadata(model, state.registry.served_versions(request.name))
             tm = pb.ModelMetadataResponse.TensorMetadata
             return pb.ModelMetadataResponse(
@@ -115,9 +103,10 @@ def make_servicer(state: Any) -> Any:
         async def ModelInfer(self, request: Any, context: Any) -> Any:  # noqa: N802
             await self._guard(context)
             try:
-                return await _infer(pb, state, request, dict(context.invocation_metadata() or ()))
-            except EodeployError as exc:
-                await context.abort(_code(exc), str(exc))
+                async with state.inference.track(request.model_name, "oip_grpc"):
+                    return await _infer(pb, state, request, dict(context.invocation_metadata() or ()))
+            except Exception as exc:
+                await _abort(context, exc)
 
         async def RepositoryIndex(self, request: Any, context: Any) -> Any:  # noqa: N802
             await self._guard(context, admin=True)
@@ -132,8 +121,8 @@ def make_servicer(state: Any) -> Any:
             await self._guard(context, admin=True)
             try:
                 await action(request.model_name)
-            except EodeployError as exc:
-                await context.abort(_code(exc), str(exc))
+            except Exception as exc:
+                await _abort(context, exc)
             return response()
 
         async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:  # noqa: N802

@@ -120,6 +120,12 @@ _INFER_BODY = {
     dependencies=[Depends(require_inference)],
 )
 async def infer(request: Request, name: str, version: str | None = None) -> Response:
+    binary = request.headers.get(HEADER_LENGTH) is not None
+    async with request.app.state.inference.track(name, "oip_http_binary" if binary else "oip_http_json"):
+        return await _infer(request, name, version)
+
+
+async def _infer(request: Request, name: str, version: str | None) -> Response:
     registry = request.app.state.registry
     registry.resolve(name, version)  # an unknown model or version is a 404 before the body is parsed
     body = await request.body()

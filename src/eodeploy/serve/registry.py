@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -64,19 +65,40 @@ class ModelRegistry:
         self._lock = asyncio.Lock()
         self._poll_task: asyncio.Task[None] | None = None
         self._signature: Any = None
-        self.ready = False
+        self._load_task: asyncio.Task[None] | None = None
+        self._expected: set[str] = set()  # models with versions the policy wants loaded
+        self.loaded = False  # the initial load has finished (well or not)
         self._rng = random.Random()
 
     # --- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
-        await self.sync()
-        self.ready = True
+        """Load models in the background: the server answers liveness at once, and readiness
+        (503 until then) only once every model has a version loaded and warmed up."""
+        self._load_task = asyncio.get_running_loop().create_task(self._initial_load())
+
+    async def _initial_load(self) -> None:
+        try:
+            await self.sync()
+        except Exception:  # a broken repository must not kill the server; readiness tells
+            log.exception("loading the model repository failed")
+        finally:
+            self.loaded = True
+        log.info("serving %s", ", ".join(self.names()) or "no models")
         if self.settings.poll_interval_s > 0:
             self._poll_task = asyncio.get_running_loop().create_task(self._poll())
 
+    @property
+    def ready(self) -> bool:
+        """Loaded, and every model the repository wants served has a version that loaded: a server
+        whose every version failed is not ready."""
+        return self.loaded and all(self._served.get(name) for name in self._expected)
+
     async def stop(self) -> None:
-        if self._poll_task:
-            self._poll_task.cancel()
+        for task in (self._load_task, self._poll_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
         async with self._lock:
             for name in list(self._served):
                 for v in list(self._served[name]):
@@ -121,6 +143,10 @@ class ModelRegistry:
                 cfg = self._configs.get(name, ServingConfig(self.default_policy))
             self._configs[name] = cfg
             wanted = cfg.wanted(available)
+        if wanted:
+            self._expected.add(name)
+        else:
+            self._expected.discard(name)
         current = self._served.setdefault(name, {})
         for v in wanted:
             if v not in current:

@@ -14,6 +14,7 @@ from eodeploy.serve.auth import require_inference
 from eodeploy.serve.errors import json_response
 from eodeploy.serve.oip import band_names_param, units_param
 from eodeploy.serve.registry import ServedModel
+from eodeploy.serve.tensors import json_numbers
 
 router = APIRouter(tags=["TensorFlow Serving REST"])
 SIGNATURE = "serving_default"
@@ -116,6 +117,11 @@ _PREDICT_BODY = {
 async def predict(
     request: Request, name: str, version: str | None = None, label: str | None = None
 ) -> Response:
+    async with request.app.state.inference.track(name, "tfserving"):
+        return await _predict(request, name, version, label)
+
+
+async def _predict(request: Request, name: str, version: str | None, label: str | None) -> Response:
     try:
         body = orjson.loads(await request.body())
     except orjson.JSONDecodeError as exc:
@@ -166,12 +172,7 @@ def _named(obj: Any, input_name: str) -> Any:
 
 
 def _to_array(data: Any) -> np.ndarray:
-    try:
-        arr = np.asarray(data, dtype=np.float32)
-    except (ValueError, TypeError):
-        raise InvalidInputError(
-            "instances must be numbers in nested lists of equal length, one patch per instance"
-        ) from None
+    arr = json_numbers(data, "FP32")
     if arr.ndim not in (3, 4):
         raise InvalidInputError(f"expected a batch of patches (4 dimensions), got {arr.ndim} dimension(s)")
     return arr

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Depends, Query, Request
-from starlette.datastructures import UploadFile
+from starlette.datastructures import FormData, UploadFile
 from starlette.responses import JSONResponse
 
 from eodeploy.data.images import decode_image
@@ -59,10 +59,23 @@ async def predict_upload(
         "(8-bit true colour: PNG/JPEG) or auto (guessed from type and range)",
     ),
 ) -> JSONResponse:
+    name = model or request.app.state.settings.default_model.split(":")[0]
+    async with request.app.state.inference.track(name, "upload"):
+        return await _predict(request, name, version, label, top_k, band_names, units)
+
+
+async def _predict(
+    request: Request,
+    name: str,
+    version: str | None,
+    label: str | None,
+    top_k: int,
+    band_names: str | None,
+    units: str,
+) -> JSONResponse:
     if units != "auto" and units not in UNITS:
         raise InvalidInputError(f"units must be one of auto, {', '.join(sorted(UNITS))}; got {units!r}")
     settings = request.app.state.settings
-    name = model or settings.default_model.split(":")[0]
     content_type = request.headers.get("content-type", "")
     if not content_type.startswith("multipart/form-data"):
         raise InvalidInputError(
@@ -74,6 +87,23 @@ async def predict_upload(
         raise
     except Exception as exc:  # python-multipart / starlette parse errors
         raise InvalidInputError(f"cannot read the multipart form ({exc})") from None
+    try:
+        return await _classify(request, form, name, version, label, top_k, band_names, units)
+    finally:
+        await form.close()  # the uploads' spooled temporary files
+
+
+async def _classify(
+    request: Request,
+    form: FormData,
+    name: str,
+    version: str | None,
+    label: str | None,
+    top_k: int,
+    band_names: str | None,
+    units: str,
+) -> JSONResponse:
+    settings = request.app.state.settings
     uploads = [f for key in ("image", "files") for f in form.getlist(key) if isinstance(f, UploadFile)]
     if not uploads:
         raise InvalidInputError('no file uploaded; send it in the form field "image" (or several in "files")')
