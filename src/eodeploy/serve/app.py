@@ -30,7 +30,7 @@ log = logging.getLogger("eodeploy.serve")
 
 def make_cache(settings: Settings) -> ResponseCache | None:
     if settings.redis_url:
-        return RedisCache(settings.redis_url, settings.cache_ttl_s)
+        return RedisCache(settings.redis_url, settings.cache_ttl_s, prefix=settings.redis_prefix)
     if settings.cache_mib > 0:
         return LRUCache(int(settings.cache_mib * 2**20))
     return None
@@ -56,6 +56,8 @@ def create_app(settings: Settings | None = None, grpc: bool = True) -> FastAPI:
             if grpc_server is not None:
                 await grpc_server.stop(grace=5)
             await state.registry.stop()
+            if state.inference.cache is not None:
+                await state.inference.cache.close()
             if getattr(state, "monitor_db", None) is not None:
                 state.monitor_db.dispose()
 
@@ -75,13 +77,12 @@ def create_app(settings: Settings | None = None, grpc: bool = True) -> FastAPI:
     )
     _local_docs(app)
     metrics = ServerMetrics()
-    registry = ModelRegistry(settings, metrics)
+    cache = make_cache(settings)
+    registry = ModelRegistry(settings, metrics, cache)
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.registry = registry
-    app.state.inference = InferenceService(
-        registry, metrics, make_cache(settings), settings.max_request_patches
-    )
+    app.state.inference = InferenceService(registry, metrics, cache, settings.max_request_patches)
 
     app.add_exception_handler(EodeployError, errors.domain_error_handler)
     app.add_exception_handler(HTTPException, errors.http_error_handler)

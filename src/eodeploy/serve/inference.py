@@ -12,7 +12,7 @@ import numpy as np
 
 from eodeploy.errors import InvalidInputError, PayloadTooLargeError
 from eodeploy.runtime.preprocess import as_channels_first
-from eodeploy.serve.cache import ResponseCache, cache_key
+from eodeploy.serve.cache import ResponseCache, cache_key_async
 from eodeploy.serve.errors import outcome_of
 from eodeploy.serve.metrics import ServerMetrics
 from eodeploy.serve.registry import ModelRegistry, ServedModel
@@ -117,15 +117,15 @@ class InferenceService:
             raw = self._check(served, raw)
             key = None
             if self.cache is not None:
-                key = cache_key(served.name, served.version, raw, band_names, units)
-                hit = self.cache.get(key)
+                key = await cache_key_async(served.identity, raw, band_names, units)
+                hit = await self.cache.get(key)
                 if hit is not None and len(hit) == len(raw):
                     self.metrics.cache_hits.labels(model=served.name).inc()
                     return InferenceResult(served, hit, cached=True)
                 self.metrics.cache_misses.labels(model=served.name).inc()
             proba = await served.batcher.submit(raw, band_names, units)
             if key is not None and self.cache is not None:
-                self.cache.put(key, proba)
+                await self.cache.put(key, proba)
             return InferenceResult(served, proba)
 
     def _check(self, served: ServedModel, raw: np.ndarray) -> np.ndarray:
