@@ -180,3 +180,34 @@ def test_not_ready_when_every_version_failed(tmp_path: Path, client_for) -> None
     assert client.get("/v2/health/ready").status_code == 503
     rows = client.post("/v2/repository/index").json()
     assert rows[0]["state"] == "UNAVAILABLE" and rows[0]["reason"]
+
+
+# --- item 6: a broken serving.json is reported and never stops serving ------------------------------
+def test_broken_serving_json_keeps_the_last_good_routing(
+    tmp_path: Path, client_for, raw_patches: np.ndarray, caplog: pytest.LogCaptureFixture
+) -> None:  # type: ignore[no-untyped-def]
+    from conftest import BIAS, WEIGHTS, linear_onnx, linear_spec
+
+    repo = make_repo(tmp_path, versions=2)
+    repo.add("a-model", linear_onnx(WEIGHTS, BIAS), linear_spec("a-model"))
+    (repo.root / "a-model" / "serving.json").write_text("[1, 2]")  # a JSON list, sorted before tiny
+    cfg = repo.root / "tiny" / "serving.json"
+    cfg.write_text(json.dumps({"labels": {"stable": 1, "canary": 2}}))
+    client = client_for(repo)
+    assert client.get("/v2/health/ready").status_code == 200
+    assert client.get("/v2/models/a-model/ready").status_code == 200  # served with the default policy
+    assert "a-model/serving.json: the whole file" in caplog.text
+
+    def stable_version() -> str:
+        r = client.post("/v1/models/tiny/labels/stable:predict", json={"instances": raw_patches[:1].tolist()})
+        assert r.status_code == 200, r.text
+        return str(client.get("/v1/models/tiny/labels/stable").json()["model_version_status"][0]["version"])
+
+    assert stable_version() == "1"
+    caplog.clear()
+    for broken in ('{"labels": {"stable": "one"}}', "[]", '{"label": {"stable": 2}}'):
+        cfg.write_text(broken)
+        assert client.post("/v2/repository/models/tiny/load").status_code == 200
+        assert stable_version() == "1"  # the last good routing
+    assert "tiny/serving.json: labels.stable: Input should be a valid integer" in caplog.text
+    assert "label: Extra inputs are not permitted" in caplog.text

@@ -142,7 +142,11 @@ class ModelRegistry:
             for name in sorted(names):
                 if only is not None and name != only:
                     continue
-                await self._sync_model(name)
+                try:
+                    await self._sync_model(name)
+                except Exception:  # one model's problem stays that model's
+                    log.exception("model %s: syncing with the repository failed", name)
+                    self._expected.add(name)  # and it is not ready unless a version still serves
 
     async def _sync_model(self, name: str) -> None:
         available = self.repo.versions(name)
@@ -151,8 +155,9 @@ class ModelRegistry:
         else:
             try:
                 cfg = ServingConfig.read(self.repo.root / name, self.default_policy)
-            except EodeployError as exc:  # keep serving what is loaded; report the problem
-                log.error("model %s: %s", name, exc)
+            except EodeployError as exc:  # keep serving the last good routing; report the problem
+                keeping = "the last good routing" if name in self._configs else "the default policy"
+                log.error("model %s: %s (serving with %s until it is fixed)", name, exc, keeping)
                 cfg = self._configs.get(name, ServingConfig(self.default_policy))
             self._configs[name] = cfg
             wanted = cfg.wanted(available)
