@@ -3,6 +3,7 @@ counted, readiness during and after a background load. Real app under TestClient
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import time
@@ -211,3 +212,111 @@ def test_broken_serving_json_keeps_the_last_good_routing(
         assert stable_version() == "1"  # the last good routing
     assert "tiny/serving.json: labels.stable: Input should be a valid integer" in caplog.text
     assert "label: Extra inputs are not permitted" in caplog.text
+
+
+# --- item 3: uploads checked from their headers before any pixel is decoded ----------------------
+def _geotiff_bomb(path: Path) -> bytes:
+    """A 19 kB deflated, sparse GeoTIFF declaring 50 000 x 50 000 pixels x 13 uint16 bands (65 GB)."""
+    import warnings
+
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(
+            path, "w", driver="GTiff", width=50_000, height=50_000, count=13, dtype="uint16",
+            compress="deflate", tiled=True, blockxsize=1024, blockysize=1024, interleave="pixel",
+            sparse_ok=True,
+        ):  # fmt: skip
+            pass
+    return path.read_bytes()
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG whose header declares width x height grey pixels, followed by a few bytes of data."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * (width + 1) * 4)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def _npy_header(shape: tuple[int, ...]) -> bytes:
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "<u2", "fortran_order": False, "shape": shape})
+    return buf.getvalue() + b"\x00" * 64
+
+
+def test_oversized_uploads_are_refused_from_their_headers(tmp_path: Path, client_for) -> None:  # type: ignore[no-untyped-def]
+    import resource
+
+    client = client_for(make_repo(tmp_path))
+    cases = {
+        "bomb.tif": _geotiff_bomb(tmp_path / "bomb.tif"),
+        "bomb.png": _png_header(8000, 8000),
+        "bomb.npy": _npy_header((13, 50_000, 50_000)),
+    }
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for fname, content in cases.items():
+        r = client.post("/predict?model=tiny", files={"image": (fname, content)})
+        assert r.status_code == 413, (fname, r.text)
+        error = r.json()["error"]
+        assert set(r.json()) == {"error"} and ("50000 x 50000" in error or "8000 x 8000" in error), error
+    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024
+    assert grown_mib < 200, f"peak memory grew by {grown_mib:.0f} MiB"
+
+
+def test_upload_of_another_size_is_refused_before_decoding(tmp_path: Path, client_for) -> None:  # type: ignore[no-untyped-def]
+    from conftest import write_patch
+
+    client = client_for(make_repo(tmp_path))
+    write_patch(tmp_path / "small.tif", np.ones((13, 32, 32), np.uint16))
+    r = client.post(
+        "/predict?model=tiny", files={"image": ("small.tif", (tmp_path / "small.tif").read_bytes())}
+    )
+    assert r.status_code == 400 and "model takes 64 x 64 patches" in r.json()["error"]
+
+
+# --- item 7: large bodies are decoded off the event loop ------------------------------------------
+def test_large_json_body_does_not_stall_other_requests(tmp_path: Path, client_for) -> None:  # type: ignore[no-untyped-def]
+    """Decoding a 17 MB TF Serving body (JSON parse, 5 M numbers to an array) runs in a worker
+    thread, patch by patch: liveness keeps answering. What is left is orjson's one parse call,
+    which holds the GIL; on the event loop the whole decode would stall everything."""
+
+    import orjson
+
+    client = client_for(make_repo(tmp_path))
+    body = json.dumps({"instances": np.full((96, 13, 64, 64), 1000, np.uint16).tolist()}).encode()
+    decode_s = min(_timed(lambda: np.asarray(orjson.loads(body)["instances"], np.float32)) for _ in range(2))
+    stalls = sorted(_longest_wait_during(client, body) for _ in range(3))
+    assert stalls[1] < decode_s, f"liveness waited {stalls} s; decoding takes {decode_s:.2f} s"
+
+
+def _longest_wait_during(client: Any, body: bytes) -> float:
+    import threading
+
+    done = threading.Event()
+
+    def send_big() -> None:
+        assert client.post("/v1/models/tiny:predict", content=body).status_code == 200
+        done.set()
+
+    worker = threading.Thread(target=send_big)
+    worker.start()
+    waits = []
+    while not done.is_set():
+        waits.append(_timed(lambda: client.get("/v2/health/live")))
+        time.sleep(0.005)
+    worker.join()
+    return max(waits)
+
+
+def _timed(fn: Any) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t

@@ -11,6 +11,7 @@ from starlette.responses import Response
 
 from eodeploy import __version__
 from eodeploy.errors import InvalidInputError
+from eodeploy.serve._offload import decode_off_loop
 from eodeploy.serve.auth import require_admin, require_inference
 from eodeploy.serve.errors import json_response
 from eodeploy.serve.oip import (
@@ -143,11 +144,16 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
             raw = from_bytes(body, shape, "FP32")
             req: dict[str, Any] = {"inputs": [{"name": spec.input_name, "shape": shape, "datatype": "FP32"}]}
             return await _run(request, name, version, req, raw, binary=False)
-        req, binary = _parse_header(body[:n]), memoryview(body)[n:]
+        req, raw = await decode_off_loop(n, _decode, body[:n], memoryview(body)[n:])
     else:
-        req, binary = _parse_header(body), memoryview(b"")
-    raw = _input_array(req, binary)
+        req, raw = await decode_off_loop(len(body), _decode, body, memoryview(b""))
     return await _run(request, name, version, req, raw, binary=header_len is not None)
+
+
+def _decode(header: bytes, binary: memoryview) -> tuple[dict[str, Any], Any]:
+    """JSON header and input tensor: blocking, run off the event loop when the JSON is large."""
+    req = _parse_header(header)
+    return req, _input_array(req, binary)
 
 
 def _parse_header(data: bytes) -> dict[str, Any]:

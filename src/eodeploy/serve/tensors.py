@@ -47,24 +47,21 @@ def json_numbers(data: Any, datatype: str = "FP32") -> np.ndarray:
     """JSON numbers (flat or nested lists) as an array, refusing what would silently change
     value: null, strings and booleans; fractions or out-of-range values for an integer type."""
     dtype = dtype_of(datatype)
-    try:
-        arr = np.asarray(data)
-    except (ValueError, TypeError, OverflowError):
-        raise InvalidInputError(
-            "tensor data must be numbers in a flat or nested list (nested lists of equal length)"
-        ) from None
-    if arr.dtype.kind not in "iuf":
-        if arr.dtype.kind in "US":
-            what = "strings"
-        elif arr.dtype.kind == "b":
-            what = "booleans"
-        elif _has_none(data):
-            what = "null"
-        else:
-            what = f"integers too large for {datatype} (or mixed values)"
-        raise InvalidInputError(
-            f"tensor data must be numbers; it holds {what}; send every value as a plain JSON number"
-        )
+    ragged = "tensor data must be numbers in a flat or nested list (nested lists of equal length)"
+    if isinstance(data, list) and len(data) > 1 and isinstance(data[0], list):
+        # Patch by patch: one np.asarray over millions of numbers holds the GIL for seconds, which
+        # stalls the event loop even from a worker thread; between patches other threads run.
+        parts = [_numeric(d, datatype) for d in data]
+        if len({p.shape for p in parts}) > 1:
+            raise InvalidInputError(ragged)
+        arr = np.stack(parts)
+    elif isinstance(data, list) and len(data) > _CHUNK:  # a long flat list: in slices, likewise
+        parts = [_numeric(data[i : i + _CHUNK], datatype) for i in range(0, len(data), _CHUNK)]
+        if any(p.ndim != 1 for p in parts):
+            raise InvalidInputError(ragged)
+        arr = np.concatenate(parts)
+    else:
+        arr = _numeric(data, datatype)
     if dtype.kind in "iu":
         if arr.dtype.kind == "f":
             if arr.size and not np.all(np.isfinite(arr) & (arr == np.round(arr))):
@@ -85,6 +82,31 @@ def json_numbers(data: Any, datatype: str = "FP32") -> np.ndarray:
             f"values too large for {datatype} (they would become infinite); send smaller values or FP64"
         )
     return out
+
+
+_CHUNK = 1 << 16
+
+
+def _numeric(data: Any, datatype: str) -> np.ndarray:
+    try:
+        arr = np.asarray(data)
+    except (ValueError, TypeError, OverflowError):
+        raise InvalidInputError(
+            "tensor data must be numbers in a flat or nested list (nested lists of equal length)"
+        ) from None
+    if arr.dtype.kind not in "iuf":
+        if arr.dtype.kind in "US":
+            what = "strings"
+        elif arr.dtype.kind == "b":
+            what = "booleans"
+        elif _has_none(data):
+            what = "null"
+        else:
+            what = f"integers too large for {datatype} (or mixed values)"
+        raise InvalidInputError(
+            f"tensor data must be numbers; it holds {what}; send every value as a plain JSON number"
+        )
+    return arr
 
 
 def _has_none(data: Any) -> bool:

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
 from eodeploy.errors import InvalidInputError
+from eodeploy.serve._offload import decode_off_loop
 from eodeploy.serve.auth import require_inference
 from eodeploy.serve.errors import json_response
 from eodeploy.serve.oip import band_names_param, units_param
@@ -122,8 +123,27 @@ async def predict(
 
 
 async def _predict(request: Request, name: str, version: str | None, label: str | None) -> Response:
+    input_name = request.app.state.registry.resolve(name, version, label).spec.input_name
+    raw = await request.body()
+    row, arr, params = await decode_off_loop(len(raw), _decode, raw, input_name)
+    result = await request.app.state.inference.infer(
+        name,
+        arr,
+        protocol="tfserving",
+        version=version,
+        label=label,
+        band_names=band_names_param(params),
+        units=units_param(params),
+        routing_key=request.headers.get("x-routing-key"),
+    )
+    proba = result.probabilities.tolist()
+    return json_response({"predictions": proba} if row else {"outputs": proba})
+
+
+def _decode(raw: bytes, input_name: str) -> tuple[bool, np.ndarray, dict[str, Any] | None]:
+    """The request body as (row format?, patches, parameters): blocking, run off the loop when large."""
     try:
-        body = orjson.loads(await request.body())
+        body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise InvalidInputError(f"request body is not valid JSON ({exc})") from None
     if not isinstance(body, dict):
@@ -133,8 +153,6 @@ async def _predict(request: Request, name: str, version: str | None, label: str 
         raise InvalidInputError(f"serving signature {signature!r} not found; this model has {SIGNATURE!r}")
     if ("instances" in body) == ("inputs" in body):
         raise InvalidInputError('send exactly one of "instances" (row format) or "inputs" (columnar format)')
-    registry = request.app.state.registry
-    input_name = registry.resolve(name, version, label).spec.input_name
     row = "instances" in body
     data = body["instances"] if row else body["inputs"]
     if row and isinstance(data, list) and data and isinstance(data[0], dict):
@@ -148,18 +166,7 @@ async def _predict(request: Request, name: str, version: str | None, label: str 
     params = body.get("parameters")
     if params is not None and not isinstance(params, dict):
         raise InvalidInputError('"parameters" must be an object such as {"band_names": "B04,B03,B02"}')
-    result = await request.app.state.inference.infer(
-        name,
-        arr,
-        protocol="tfserving",
-        version=version,
-        label=label,
-        band_names=band_names_param(params),
-        units=units_param(params),
-        routing_key=request.headers.get("x-routing-key"),
-    )
-    proba = result.probabilities.tolist()
-    return json_response({"predictions": proba} if row else {"outputs": proba})
+    return row, arr, params
 
 
 def _named(obj: Any, input_name: str) -> Any:

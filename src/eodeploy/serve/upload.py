@@ -10,10 +10,11 @@ from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Depends, Query, Request
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
 from starlette.responses import JSONResponse
 
-from eodeploy.data.images import decode_image
+from eodeploy.data.images import ImageLimits, decode_image
 from eodeploy.errors import InvalidInputError, PayloadTooLargeError
 from eodeploy.package.spec import UNITS
 from eodeploy.serve.auth import require_inference
@@ -109,11 +110,14 @@ async def _classify(
         raise InvalidInputError('no file uploaded; send it in the form field "image" (or several in "files")')
     if len(uploads) > settings.max_request_patches:
         raise PayloadTooLargeError(f"{len(uploads)} files exceed the limit of {settings.max_request_patches}")
-    arrays, described = [], []
-    for f in uploads:
-        arr, names = decode_image(await f.read(), f.filename or "upload")
-        arrays.append(arr)
-        described.append(tuple(names) if names else None)
+    # Each header is checked against the model before any pixel is decoded, and decoding runs in
+    # a worker thread, never on the event loop.
+    spec = request.app.state.registry.resolve(name, version, label, request.headers.get("x-routing-key")).spec
+    limits = ImageLimits(shape=(spec.height, spec.width))
+    files = [(await f.read(), f.filename or "upload") for f in uploads]
+    decoded = await run_in_threadpool(lambda: [decode_image(data, fname, limits) for data, fname in files])
+    arrays = [arr for arr, _ in decoded]
+    described = [tuple(names) if names else None for _, names in decoded]
     if band_names:
         bands: list[str] | None = [b.strip() for b in band_names.split(",")]
     else:  # GeoTIFF band descriptions, when every file names its bands alike
