@@ -134,7 +134,7 @@ def units_param(parameters: dict[str, Any] | None) -> str:
     """Our extension: ``"units": "reflectance" | "dn" | "rgb8" | "auto"`` (default auto: guessed
     from the tensor's type and range, see ``runtime.preprocess.guess_units``)."""
     value = (parameters or {}).get("units", "auto")
-    if value != "auto" and value not in UNITS:
+    if not isinstance(value, str) or (value != "auto" and value not in UNITS):
         raise InvalidInputError(
             f"parameter units must be one of auto, {', '.join(sorted(UNITS))}; got {value!r}"
         )
