@@ -73,3 +73,7 @@ class ConflictError(EodeployError, ValueError):
 
 class DatabaseUnavailableError(EodeployError, RuntimeError):
     """The results database cannot be reached; nothing was written."""
+
+
+class NotAuthenticatedError(EodeployError, PermissionError):
+    """A call that needs an API key came without a valid one."""

@@ -24,6 +24,7 @@ from eodeploy.errors import (
     InvalidInputError,
     ModelNotFoundError,
     ModelNotReadyError,
+    NotAuthenticatedError,
     NotFoundError,
     PackageIntegrityError,
     PackageSpecError,
@@ -35,6 +36,7 @@ log = logging.getLogger("eodeploy.serve")
 
 #: Domain error -> (HTTP status, gRPC status code name). First match wins; REST and gRPC both read it.
 TABLE: list[tuple[type[EodeployError], int, str]] = [
+    (NotAuthenticatedError, 401, "UNAUTHENTICATED"),
     (ModelNotFoundError, 404, "NOT_FOUND"),
     (NotFoundError, 404, "NOT_FOUND"),
     (ConflictError, 409, "ALREADY_EXISTS"),
@@ -70,6 +72,8 @@ def status_of(exc: BaseException) -> int:
 
 def grpc_code_of(exc: BaseException) -> str:
     """gRPC status code name (``grpc.StatusCode[name]``) of any exception: INTERNAL when unexpected."""
+    if isinstance(exc, HTTPException) and exc.status_code == 401:
+        return "UNAUTHENTICATED"
     entry = _entry(exc)
     return entry[1] if entry else "INTERNAL"
 

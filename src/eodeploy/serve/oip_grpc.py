@@ -13,7 +13,7 @@ import grpc
 import numpy as np
 
 from eodeploy import __version__
-from eodeploy.errors import EodeployError, InvalidInputError
+from eodeploy.errors import EodeployError, InvalidInputError, NotAuthenticatedError
 from eodeploy.serve.auth import key_is_valid
 from eodeploy.serve.errors import INTERNAL_MESSAGE, grpc_code_of
 from eodeploy.serve.oip import (
@@ -48,6 +48,17 @@ async def _abort(context: grpc.aio.ServicerContext, exc: Exception) -> None:
     await context.abort(grpc.StatusCode[code], str(exc))
 
 
+def _key_ok(settings: Any, context: grpc.aio.ServicerContext, admin: bool) -> bool:
+    """The REST rule: admin calls need a key once keys are set, inference only with AUTH_INFERENCE."""
+    if not settings.api_keys or not (admin or settings.auth_inference):
+        return True
+    md = dict(context.invocation_metadata() or ())
+    key = md.get("x-api-key")
+    if not key and str(md.get("authorization", "")).lower().startswith("bearer "):
+        key = str(md["authorization"])[7:].strip()
+    return key_is_valid(settings, key)
+
+
 def _stubs() -> tuple[Any, Any]:
     from tritonclient.grpc import service_pb2, service_pb2_grpc
 
@@ -59,14 +70,7 @@ def make_servicer(state: Any) -> Any:
 
     class Servicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc,name-defined]
         async def _guard(self, context: grpc.aio.ServicerContext, admin: bool = False) -> None:
-            s = state.settings
-            if not s.api_keys or not (admin or s.auth_inference):
-                return
-            md = dict(context.invocation_metadata() or ())
-            key = md.get("x-api-key")
-            if not key and str(md.get("authorization", "")).lower().startswith("bearer "):
-                key = str(md["authorization"])[7:].strip()
-            if not key_is_valid(s, key):
+            if not _key_ok(state.settings, context, admin):
                 await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid API key (x-api-key)")
 
         async def ServerLive(self, request: Any, context: Any) -> Any:  # noqa: N802
@@ -101,9 +105,10 @@ def make_servicer(state: Any) -> Any:
             )
 
         async def ModelInfer(self, request: Any, context: Any) -> Any:  # noqa: N802
-            await self._guard(context)
             try:
                 async with state.inference.track(request.model_name, "oip_grpc"):
+                    if not _key_ok(state.settings, context, admin=False):
+                        raise NotAuthenticatedError("missing or invalid API key (x-api-key)")
                     return await _infer(pb, state, request, dict(context.invocation_metadata() or ()))
             except Exception as exc:
                 await _abort(context, exc)

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 import orjson
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from eodeploy.errors import InvalidInputError
@@ -101,24 +101,22 @@ _PREDICT_BODY = {
     "/v1/models/{name}:predict",
     summary="Predict (latest version, or the canary split)",
     openapi_extra=_PREDICT_BODY,
-    dependencies=[Depends(require_inference)],
 )
 @router.post(
     "/v1/models/{name}/versions/{version}:predict",
     summary="Predict with one version",
     openapi_extra=_PREDICT_BODY,
-    dependencies=[Depends(require_inference)],
 )
 @router.post(
     "/v1/models/{name}/labels/{label}:predict",
     summary="Predict with a labelled version (stable, canary)",
     openapi_extra=_PREDICT_BODY,
-    dependencies=[Depends(require_inference)],
 )
 async def predict(
     request: Request, name: str, version: str | None = None, label: str | None = None
 ) -> Response:
     async with request.app.state.inference.track(name, "tfserving"):
+        require_inference(request)  # inside: a refused key is counted like every 4xx
         return await _predict(request, name, version, label)
 
 

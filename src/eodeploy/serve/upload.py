@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
 from starlette.responses import JSONResponse
@@ -43,7 +43,6 @@ _UPLOAD_BODY = {
     "/predict",
     summary="Classify uploaded patches",
     openapi_extra=_UPLOAD_BODY,
-    dependencies=[Depends(require_inference)],
 )
 async def predict_upload(
     request: Request,
@@ -62,6 +61,7 @@ async def predict_upload(
 ) -> JSONResponse:
     name = model or request.app.state.settings.default_model.split(":")[0]
     async with request.app.state.inference.track(name, "upload"):
+        require_inference(request)  # inside: a refused key is counted like every 4xx
         return await _predict(request, name, version, label, top_k, band_names, units)
 
 
