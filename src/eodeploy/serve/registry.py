@@ -112,7 +112,9 @@ class ModelRegistry:
         async with self._lock:
             for name in list(self._served):
                 for v in list(self._served[name]):
-                    await self._drop(name, v)
+                    # Shutting down is not unloading: the entries stay for the other replicas
+                    # sharing Redis (they are keyed by content, so never stale).
+                    await self._drop(name, v, invalidate=False)
 
     async def _poll(self) -> None:
         while True:
@@ -254,19 +256,19 @@ class ModelRegistry:
             predictor.run(predictor.preprocess(raw))
         return predictor, identity
 
-    async def _drop(self, name: str, version: int) -> None:
+    async def _drop(self, name: str, version: int, invalidate: bool = True) -> None:
         served = self._served.get(name, {}).pop(version, None)
         if served is None:
             return
         self._states[(name, version)] = VersionState("UNLOADING")
         self.metrics.model_ready.labels(model=name, version=str(version)).set(0)
-        await self._retire(served)
+        await self._retire(served, invalidate)
         self._states.pop((name, version), None)
         log.info("model %s version %s unloaded", name, version)
 
-    async def _retire(self, served: ServedModel) -> None:
+    async def _retire(self, served: ServedModel, invalidate: bool = True) -> None:
         await served.batcher.close()  # in-flight and queued requests finish first
-        if self.cache is not None:
+        if invalidate and self.cache is not None:
             await self.cache.invalidate(served.identity)
 
     async def load(self, name: str) -> None:
@@ -302,7 +304,9 @@ class ModelRegistry:
     ) -> ServedModel:
         versions = self._served.get(name)
         if not versions:
-            if any(n == name and st.state == "LOADING" for (n, _), st in self._states.items()):
+            if not self.loaded or any(
+                n == name and st.state == "LOADING" for (n, _), st in self._states.items()
+            ):
                 raise ModelNotReadyError(f"model {name!r} is loading; retry shortly")
             raise ModelNotFoundError(self._unknown(name))
         cfg = self.config(name)
