@@ -157,7 +157,10 @@ def _read_picture(path: Path | Any, name: str = "", limits: ImageLimits | None =
         try:
             img = Image.open(path)
         except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
-            raise PayloadTooLargeError(f"{name or path}: {exc}") from None
+            raise PayloadTooLargeError(
+                f"{name or path}: declares an image above the limit of {limits.max_pixels} pixels "
+                f"({exc}); send patches of the model's size"
+            ) from None
     with img:
         bands = len(img.getbands())
         check_header(name or str(path), bands, img.height, img.width, "uint8", limits)
