@@ -87,7 +87,8 @@ def oip_inputs(draw: st.DrawFn) -> dict[str, Any]:
     doc: dict[str, Any] = {"inputs": draw(st.lists(st.just(tensor) | json_values, max_size=2))}
     if draw(st.booleans()):
         doc["outputs"] = draw(
-            st.lists(
+            json_values
+            | st.lists(
                 st.fixed_dictionaries(
                     {
                         "name": st.sampled_from(["output", "class_id", "nope"]),
@@ -144,7 +145,8 @@ def test_oip_json_numbers(client: Any, datatype: str, values: list[Any], n: int)
 
 @FUZZ
 @given(
-    outputs=st.lists(
+    outputs=params
+    | st.lists(
         st.fixed_dictionaries(
             {"name": st.sampled_from(["output", "class_id", "nope"])},
             optional={

@@ -115,7 +115,7 @@ async def http_error_handler(_request: Request, exc: Exception) -> Response:
 
 
 async def validation_error_handler(_request: Request, exc: Exception) -> Response:
-    errors = getattr(exc, "errors", lambda: [])()
+    errors: list[dict[str, Any]] = getattr(exc, "errors", lambda: [])()
     parts = []
     for e in errors[:5]:
         where = ".".join(str(p) for p in e.get("loc", ()) if p != "body")

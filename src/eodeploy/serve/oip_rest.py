@@ -194,7 +194,7 @@ def _input_array(req: dict[str, Any], binary: memoryview) -> Any:
 async def _run(
     request: Request, name: str, version: str | None, req: dict[str, Any], raw: Any, binary: bool
 ) -> Response:
-    params = req.get("parameters") if isinstance(req.get("parameters"), dict) else {}
+    params: dict[str, Any] = req["parameters"] if isinstance(req.get("parameters"), dict) else {}
     result = await request.app.state.inference.infer(
         name,
         raw,
@@ -205,13 +205,16 @@ async def _run(
         routing_key=request.headers.get("x-routing-key"),
         input_name=req["inputs"][0]["name"],
     )
-    requested = []
+    requested: list[tuple[str, dict[str, Any]]] = []
     want_binary_all = bool(params.get("binary_data_output"))
     binary_of: dict[str, bool] = {}
-    for o in req.get("outputs") or []:
+    outputs_asked = req.get("outputs") or []
+    if not isinstance(outputs_asked, list):
+        raise InvalidInputError('"outputs" must be a list of objects such as {"name": "class_id"}')
+    for o in outputs_asked:
         if not isinstance(o, dict) or not isinstance(o.get("name"), str):
             raise InvalidInputError('each requested output must be an object with a "name"')
-        p = o.get("parameters") if isinstance(o.get("parameters"), dict) else {}
+        p: dict[str, Any] = o["parameters"] if isinstance(o.get("parameters"), dict) else {}
         requested.append((o["name"], p))
         binary_of[o["name"]] = bool(p.get("binary_data", want_binary_all))
     outputs = build_outputs(result, requested or None)

@@ -183,7 +183,7 @@ class ModelRegistry:
             package = self.repo.get(served.name, served.version)
         except EodeployError:
             return False  # gone: the policy drops it
-        sha = package.recorded_sha256 or await asyncio.to_thread(sha256_file, package.model_path)
+        sha = package.recorded_sha256 or str(await asyncio.to_thread(sha256_file, package.model_path))
         return served.identity != _identity(package, sha)
 
     async def _load(self, name: str, version: int) -> None:
