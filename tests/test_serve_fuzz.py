@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,8 +26,11 @@ from hypothesis import strategies as st  # noqa: E402
 
 from eodeploy.errors import EodeployError  # noqa: E402
 
+#: EODEPLOY_FUZZ_EXAMPLES raises the examples per test for a longer run (CI: the default).
 FUZZ = settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+    max_examples=int(os.environ.get("EODEPLOY_FUZZ_EXAMPLES", "150")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 DATATYPES = ["BOOL", "UINT8", "UINT16", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64", "BYTES", "X"]
 MAGIC = [b"II*\x00", b"MM\x00*", b"II+\x00", b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"\x93NUMPY", b""]

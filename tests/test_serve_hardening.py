@@ -123,6 +123,10 @@ def test_every_4xx_is_counted_as_a_client_error(tmp_path: Path, client_for) -> N
         r = send()
         assert 400 <= r.status_code < 500, r.text
         assert _client_errors(client, protocol) == before + 1, (protocol, r.text)
+    # Unknown model names are counted without their name: clients cannot grow the label set.
+    assert client.post("/v1/models/made-up-7:predict", json={"instances": []}).status_code == 404
+    assert _client_errors(client, "tfserving") == 3
+    assert "made-up-7" not in client.get("/metrics").text
 
 
 def test_refused_keys_are_counted_as_client_errors(

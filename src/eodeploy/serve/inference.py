@@ -82,8 +82,10 @@ class InferenceService:
         finally:
             _current.reset(token)
             served = tracked.served
+            # An unknown name is not a label value: clients could grow the series without bound.
+            known = served.name if served else tracked.name if tracked.name in self.registry.names() else ""
             labels = {
-                "model": served.name if served else tracked.name,
+                "model": known,
                 "version": str(served.version) if served else "",
                 "protocol": tracked.protocol,
             }
