@@ -316,3 +316,64 @@ def test_geotiff_decoder(
     for i in flip:
         data[i % len(data)] ^= 0x5A
     _decodes_or_refuses(bytes(data))
+
+
+# --- gRPC: ModelInfer messages, against a real server process ------------------------------------
+@pytest.fixture(scope="module")
+def grpc_stub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    grpc = require("grpc")
+    from tritonclient.grpc import service_pb2_grpc
+
+    from servers import live_server
+
+    root = tmp_path_factory.mktemp("grpc-fuzz")
+    repo = make_repo(root)
+    with live_server(repo.root, root / "server.log", EODEPLOY_MAX_BODY_MIB="1") as srv:
+        with grpc.insecure_channel(srv.grpc) as channel:
+            yield service_pb2_grpc.GRPCInferenceServiceStub(channel)
+
+
+@FUZZ
+@given(
+    datatype=st.sampled_from([*DATATYPES, ""]),
+    shape=st.lists(st.integers(-3, 70), max_size=5),
+    raw=st.none() | st.binary(max_size=300),
+    ints=st.lists(st.integers(-(2**31), 2**31 - 1), max_size=8),
+    floats=st.lists(st.floats(width=32), max_size=8),
+    name=st.sampled_from(["input", "x", ""]),
+    model=st.sampled_from(["tiny", "nope", ""]),
+    version=st.sampled_from(["", "1", "7", "x"]),
+    output=st.none() | st.sampled_from(["output", "class_id", "nope"]),
+    classification=st.none() | st.text(max_size=3) | st.integers(-2, 5),
+    units=st.none() | st.text(max_size=6),
+    valid=st.booleans(),
+)
+def test_grpc_model_infer(grpc_stub: Any, **kw: Any) -> None:
+    import grpc
+    from tritonclient.grpc import service_pb2 as pb
+
+    if kw["valid"]:  # a valid patch, so that the output parameters are read too
+        kw.update(model="tiny", version="", name="input", datatype="UINT16", shape=[1, 13, 64, 64])
+        kw["raw"] = bytes(2 * 53248)
+    req = pb.ModelInferRequest(model_name=kw["model"], model_version=kw["version"])
+    tensor = req.inputs.add(name=kw["name"], datatype=kw["datatype"], shape=kw["shape"])
+    if kw["raw"] is not None:
+        req.raw_input_contents.append(kw["raw"])
+    else:
+        tensor.contents.int_contents.extend(kw["ints"])
+        tensor.contents.uint_contents.extend(abs(i) for i in kw["ints"])
+        tensor.contents.fp32_contents.extend(kw["floats"])
+    if kw["output"] is not None:
+        out = req.outputs.add(name=kw["output"])
+        c = kw["classification"]
+        if isinstance(c, str):
+            out.parameters["classification"].string_param = c
+        elif c is not None:
+            out.parameters["classification"].int64_param = c
+    if kw["units"] is not None:
+        req.parameters["units"].string_param = kw["units"]
+    try:
+        grpc_stub.ModelInfer(req, timeout=30)
+    except grpc.RpcError as err:
+        assert err.code() not in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL), err.details()
+        assert err.details()
