@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import importlib
 import os
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -140,3 +143,47 @@ def raw_patches() -> np.ndarray:
     patches = [make_patch(c, rng) for c in CLASSES]
     patches.append(np.clip(rng.normal(1200, 300, (13, 64, 64)), 1, 18000).astype(np.uint16))
     return np.stack(patches)
+
+
+def make_repo(root: Path, versions: int = 1) -> ModelRepository:
+    repo = ModelRepository(root / "models")
+    repo.add("tiny", linear_onnx(WEIGHTS, BIAS), linear_spec())
+    if versions > 1:
+        add_tiny_v2(repo)
+    return repo
+
+
+def wait_ready(client: Any, timeout_s: float = 60) -> None:
+    """Models load in the background after start-up: wait for readiness (or for the initial load
+    to end with nothing ready, when a test loads broken models on purpose)."""
+    deadline = time.monotonic() + timeout_s
+    registry = client.app.state.registry
+    while not registry.loaded:
+        if time.monotonic() > deadline:
+            raise TimeoutError("models not loaded in time")
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def client_for() -> Iterator[Callable[..., Any]]:
+    """A factory of real apps under TestClient, each closed after the test, models loaded."""
+    from fastapi.testclient import TestClient
+
+    from eodeploy.serve import create_app
+    from eodeploy.settings import Settings
+
+    clients: list[Any] = []
+
+    def make(repo: ModelRepository, wait: bool = True, **settings: object) -> Any:
+        base: dict[str, object] = {"grpc_port": 0, "poll_interval_s": 0, "intra_op_threads": 1}
+        cfg = Settings(model_repo=repo.root, **{**base, **settings})  # type: ignore[arg-type]
+        client = TestClient(create_app(cfg), raise_server_exceptions=False)
+        client.__enter__()
+        clients.append(client)
+        if wait:
+            wait_ready(client)
+        return client
+
+    yield make
+    for c in clients:
+        c.__exit__(None, None, None)

@@ -453,10 +453,12 @@ def test_database_down_fails_cleanly(repo: ModelRepository, tmp_path: Path) -> N
     # The server keeps serving: /metrics says the database is down, the API answers 503.
     from fastapi.testclient import TestClient
 
+    from conftest import wait_ready
     from eodeploy.serve.app import create_app
 
     cfg = Settings(model_repo=repo.root, database_url=down, grpc_port=0, poll_interval_s=0)
     with TestClient(create_app(cfg, grpc=False)) as client:
+        wait_ready(client)  # models load in the background after start-up
         assert "eodeploy_monitor_database_up 0.0" in client.get("/metrics").text
         r = client.get("/monitor/areas")
         assert r.status_code == 503 and "cannot reach the database" in r.json()["error"]

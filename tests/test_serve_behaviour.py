@@ -7,8 +7,8 @@ import asyncio
 import json
 import threading
 import time
+import uuid
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -16,48 +16,21 @@ import pytest
 
 from conftest import (
     BIAS,
-    WEIGHTS,
+    WEIGHTS_V2,
     add_tiny_v2,
     linear_onnx,
     linear_spec,
+    make_repo,
     reference_proba,
     reference_proba_v2,
     require,
 )
 from eodeploy.errors import InferenceTimeoutError, InvalidInputError, ServerBusyError
-from eodeploy.package import ModelRepository
-from eodeploy.settings import Settings
 
 require("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from eodeploy.serve import create_app  # noqa: E402
 from eodeploy.serve.batcher import BatchConfig, DynamicBatcher  # noqa: E402
-
-
-def make_repo(root: Path, versions: int = 1) -> ModelRepository:
-    repo = ModelRepository(root / "models")
-    repo.add("tiny", linear_onnx(WEIGHTS, BIAS), linear_spec())
-    if versions > 1:
-        add_tiny_v2(repo)
-    return repo
-
-
-@pytest.fixture
-def client_for(tmp_path: Path) -> Iterator:  # type: ignore[type-arg]
-    clients: list[TestClient] = []
-
-    def make(repo: ModelRepository, **settings: object) -> TestClient:
-        base: dict[str, object] = {"grpc_port": 0, "poll_interval_s": 0, "intra_op_threads": 1}
-        cfg = Settings(model_repo=repo.root, **{**base, **settings})  # type: ignore[arg-type]
-        client = TestClient(create_app(cfg), raise_server_exceptions=False)
-        client.__enter__()
-        clients.append(client)
-        return client
-
-    yield make
-    for c in clients:
-        c.__exit__(None, None, None)
 
 
 def predict(client: TestClient, raw: np.ndarray, path: str = "/v1/models/tiny:predict", **headers: str):  # type: ignore[no-untyped-def]
@@ -73,7 +46,7 @@ def _batcher(run_delay: float, **cfg: float) -> tuple[DynamicBatcher, list[int]]
         time.sleep(run_delay)
         return x.reshape(len(x), -1)[:, :2] * 2
 
-    def pre(x: np.ndarray, _bands: object) -> np.ndarray:
+    def pre(x: np.ndarray, _bands: object, _units: object = None) -> np.ndarray:
         if np.isnan(x).any():
             raise InvalidInputError("NaN in input")
         return x.astype(np.float32)
@@ -313,32 +286,130 @@ def test_lru_cache_hits(tmp_path: Path, client_for, raw_patches: np.ndarray) -> 
 def test_lru_cache_is_bounded_by_bytes() -> None:
     from eodeploy.serve.cache import LRUCache
 
-    cache = LRUCache(max_bytes=1000)
-    for i in range(20):
-        cache.put(f"k{i}", np.full((1, 10), i, np.float32))  # 48 bytes each
-    assert len(cache) == 20
-    cache.put("big", np.zeros((10, 30), np.float32))  # 1208 bytes: larger than the whole cache
-    assert cache.get("big") is None
-    for i in range(20, 60):
-        cache.put(f"k{i}", np.full((1, 10), i, np.float32))
-    assert cache.get("k0") is None and cache.get("k59") is not None
-    assert len(cache) * 48 <= 1000
+    async def main() -> None:
+        cache = LRUCache(max_bytes=1000)
+        for i in range(15):
+            await cache.put(f"k{i}", np.full((1, 10), i, np.float32))  # 64 bytes each
+        assert len(cache) == 15
+        await cache.put("big", np.zeros((10, 30), np.float32))  # larger than the whole cache
+        assert await cache.get("big") is None
+        for i in range(15, 60):
+            await cache.put(f"k{i}", np.full((1, 10), i, np.float32))
+        assert await cache.get("k0") is None and await cache.get("k59") is not None
+        assert len(cache) * 64 <= 1000
+
+    asyncio.run(main())
+
+
+def test_cached_results_keep_any_rank() -> None:
+    """A segmentation model's (N, classes, H, W) result round-trips through both caches."""
+    from eodeploy.serve.cache import LRUCache, RedisCache
+
+    maps = np.random.default_rng(0).random((2, 3, 8, 8)).astype(np.float32)
+
+    async def main() -> None:
+        redis_cache = RedisCache(REDIS, prefix=f"eodeploy-test:{uuid.uuid4().hex}:")
+        for cache in (LRUCache(1 << 20), redis_cache):
+            await cache.put("m:k", maps)
+            hit = await cache.get("m:k")
+            assert hit is not None and hit.shape == maps.shape
+            np.testing.assert_array_equal(hit, maps)
+        await redis_cache.invalidate("m")
+        await redis_cache.close()
+
+    _require_redis()
+    asyncio.run(main())
+
+
+REDIS = "redis://127.0.0.1:6379/0"
+
+
+def _require_redis() -> None:
+    redis = require("redis")
+    try:
+        redis.Redis.from_url(REDIS).ping()
+    except redis.ConnectionError:
+        pytest.fail("Redis is not running on 127.0.0.1:6379 (CI starts it; see .ci/run)")
 
 
 def test_redis_cache_is_shared_between_replicas(tmp_path: Path, client_for, raw_patches: np.ndarray) -> None:  # type: ignore[no-untyped-def]
-    redis = require("redis")
-    url = "redis://127.0.0.1:6379/0"
-    try:
-        redis.Redis.from_url(url).ping()
-    except redis.ConnectionError:
-        pytest.fail("Redis is not running on 127.0.0.1:6379 (CI starts it; see .ci/run)")
+    _require_redis()
+    prefix = f"eodeploy-test:{uuid.uuid4().hex}:"  # this test's own keys: no entry from an earlier run
     repo = make_repo(tmp_path)
-    x = raw_patches + np.uint16(time.time_ns() % 1000)  # fresh bytes: no entry from an earlier run
-    a, b = client_for(repo, redis_url=url), client_for(repo, redis_url=url)
-    first = predict(a, x).json()
-    second = predict(b, x).json()
+    a, b = (
+        client_for(repo, redis_url=REDIS, redis_prefix=prefix),
+        client_for(repo, redis_url=REDIS, redis_prefix=prefix),
+    )
+    first = predict(a, raw_patches).json()
+    second = predict(b, raw_patches).json()
     assert first == second
     assert _cache_counts(a) == (0.0, 1.0) and _cache_counts(b) == (1.0, 0.0)
+
+
+def test_reused_version_number_never_serves_the_removed_model(
+    tmp_path: Path, client_for, raw_patches: np.ndarray
+) -> None:  # type: ignore[no-untyped-def]
+    """models remove + add reuses version 1 for another model: neither the shared Redis cache nor
+    a running server's hot reload may keep answering with the removed one."""
+    _require_redis()
+    prefix = f"eodeploy-test:{uuid.uuid4().hex}:"
+    repo = make_repo(tmp_path)
+    x = raw_patches[:2]
+    old_server = client_for(repo, redis_url=REDIS, redis_prefix=prefix)
+    np.testing.assert_allclose(predict(old_server, x).json()["predictions"], reference_proba(x), atol=1e-5)
+    repo.remove("tiny", 1)
+    assert repo.add("tiny", linear_onnx(WEIGHTS_V2, BIAS), linear_spec()).version == 1
+    # A replica started now shares the Redis entries the old server wrote for "tiny" version 1.
+    new_server = client_for(repo, redis_url=REDIS, redis_prefix=prefix)
+    np.testing.assert_allclose(predict(new_server, x).json()["predictions"], reference_proba_v2(x), atol=1e-5)
+    # The running server reloads the changed version 1 on its next repository scan.
+    assert old_server.post("/v2/repository/models/tiny/load").status_code == 200
+    np.testing.assert_allclose(predict(old_server, x).json()["predictions"], reference_proba_v2(x), atol=1e-5)
+
+
+def test_unload_drops_the_models_cache_entries(tmp_path: Path, client_for, raw_patches: np.ndarray) -> None:  # type: ignore[no-untyped-def]
+    client = client_for(make_repo(tmp_path))
+    predict(client, raw_patches[:1])
+    predict(client, raw_patches[:2])
+    cache = client.app.state.inference.cache
+    assert len(cache) == 2
+    assert client.post("/v2/repository/models/tiny/unload").status_code == 200
+    assert len(cache) == 0
+
+
+def test_slow_redis_never_stalls_the_server(tmp_path: Path, client_for, raw_patches: np.ndarray) -> None:  # type: ignore[no-untyped-def]
+    """A Redis that accepts connections and never answers: requests pay its timeout once, then the
+    circuit breaker skips it; meanwhile other requests (liveness) are not held up."""
+    import socket
+
+    sink = socket.socket()
+    sink.bind(("127.0.0.1", 0))
+    sink.listen(16)  # accepts (the kernel does) but never reads or answers
+    port = sink.getsockname()[1]
+    try:
+        client = client_for(make_repo(tmp_path), redis_url=f"redis://127.0.0.1:{port}/0")
+        results: list[float] = []
+
+        def slow_request() -> None:
+            t = time.perf_counter()
+            assert predict(client, raw_patches[:1]).status_code == 200
+            results.append(time.perf_counter() - t)
+
+        worker = threading.Thread(target=slow_request)
+        worker.start()
+        time.sleep(0.1)  # the request is now waiting on Redis
+        t = time.perf_counter()
+        assert client.get("/v2/health/live").status_code == 200
+        live_s = time.perf_counter() - t
+        worker.join()
+        assert live_s < 0.3, f"liveness waited {live_s:.2f} s behind a slow Redis (timeout 0.5 s)"
+        assert not client.app.state.inference.cache.available  # the breaker is open
+        t = time.perf_counter()
+        for _ in range(5):  # the breaker is open: no more waiting on Redis
+            assert predict(client, raw_patches[:1]).status_code == 200
+        assert time.perf_counter() - t < 1.0
+    finally:
+        sink.close()
 
 
 def test_redis_down_degrades_to_misses(tmp_path: Path, client_for, raw_patches: np.ndarray) -> None:  # type: ignore[no-untyped-def]

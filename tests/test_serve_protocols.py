@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -22,15 +23,28 @@ from servers import LiveServer, live_server
 pytestmark = pytest.mark.serve
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+@contextmanager
+def _tiny_server(root: Path, **env: str) -> Iterator[LiveServer]:
     require("fastapi")
     from conftest import BIAS, WEIGHTS, linear_onnx, linear_spec
 
-    root = tmp_path_factory.mktemp("serve")
     repo = ModelRepository(root / "models")
     repo.add("tiny", linear_onnx(WEIGHTS, BIAS), linear_spec())
-    with live_server(root / "models", root / "server.log", EODEPLOY_MAX_BODY_MIB="2") as srv:
+    with live_server(root / "models", root / "server.log", EODEPLOY_MAX_BODY_MIB="2", **env) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """Shared by the tests that only read and infer; a test that changes server state (unloads a
+    model, sets keys) starts its own below, so no test depends on the order the file runs in."""
+    with _tiny_server(tmp_path_factory.mktemp("serve")) as srv:
+        yield srv
+
+
+@pytest.fixture
+def own_server(tmp_path: Path) -> Iterator[LiveServer]:
+    with _tiny_server(tmp_path) as srv:
         yield srv
 
 
@@ -113,11 +127,11 @@ def test_grpc_unknown_input_name(server: LiveServer) -> None:
     assert "INVALID_ARGUMENT" in str(err.value.status()) and "unknown input 'pixels'" in err.value.message()
 
 
-def test_grpc_repository_unload_and_load(server: LiveServer) -> None:
+def test_grpc_repository_unload_and_load(own_server: LiveServer) -> None:
     tg = require("tritonclient.grpc")
     from tritonclient.utils import InferenceServerException
 
-    client = tg.InferenceServerClient(server.grpc)
+    client = tg.InferenceServerClient(own_server.grpc)
     try:
         client.unload_model("tiny")
         assert not client.is_model_ready("tiny")
@@ -351,9 +365,11 @@ def test_metrics_and_request_ids(server: LiveServer, raw_patches: np.ndarray) ->
     assert "abc-123" in server.log.read_text()  # JSON access log carries the request id
 
 
-def test_openapi_has_no_server_errors(server: LiveServer, tmp_path: Path) -> None:
-    """schemathesis explores every documented endpoint (CLI, its own process); none may answer 5xx."""
+def test_openapi_has_no_server_errors(own_server: LiveServer, tmp_path: Path) -> None:
+    """schemathesis explores every documented endpoint (CLI, its own process); none may answer 5xx.
+    Its own server: it calls the repository API (unload) too."""
     require("schemathesis")
+    server = own_server
     config = tmp_path / "schemathesis.toml"
     config.write_text('[parameters]\n"path.name" = "tiny"\n"path.version" = "1"\n')
     exe = Path(sys.executable).with_name("schemathesis")
@@ -367,3 +383,69 @@ def test_openapi_has_no_server_errors(server: LiveServer, tmp_path: Path) -> Non
     passed = re.search(r"(\d+) generated, (\d+) passed", run.stdout)
     assert tested and int(tested.group(1)) >= 20, run.stdout[-2000:]
     assert passed and int(passed.group(2)) > 300, run.stdout[-2000:]
+
+
+# --- issue 12: gRPC keys, errors through the one table, bodies over the limit ---------------------
+def test_grpc_api_keys(tmp_path: Path, raw_patches: np.ndarray) -> None:
+    tg = require("tritonclient.grpc")
+    from tritonclient.utils import InferenceServerException
+
+    with _tiny_server(tmp_path, EODEPLOY_API_KEYS='["k1"]', EODEPLOY_AUTH_INFERENCE="true") as srv:
+        inp = tg.InferInput("input", list(raw_patches.shape), "UINT16")
+        inp.set_data_from_numpy(raw_patches)
+        anonymous = tg.InferenceServerClient(srv.grpc)
+        for call in (lambda: anonymous.infer("tiny", [inp]), anonymous.get_model_repository_index):
+            with pytest.raises(InferenceServerException) as err:
+                call()
+            assert "UNAUTHENTICATED" in str(err.value.status())
+        wrong = {"x-api-key": "k2"}
+        with pytest.raises(InferenceServerException) as err:
+            anonymous.infer("tiny", [inp], headers=wrong)
+        assert "UNAUTHENTICATED" in str(err.value.status())
+        for headers in ({"x-api-key": "k1"}, {"authorization": "Bearer k1"}):
+            result = anonymous.infer("tiny", [inp], headers=headers)
+            np.testing.assert_allclose(result.as_numpy("output"), reference_proba(raw_patches), atol=1e-5)
+        assert anonymous.get_model_repository_index(headers={"x-api-key": "k1"}).models
+        assert anonymous.is_server_live()  # health stays open for probes
+
+
+def test_grpc_bad_parameter_is_invalid_argument(server: LiveServer, raw_patches: np.ndarray) -> None:
+    """The error the REST side answers 400 is INVALID_ARGUMENT over gRPC (one error table), not UNKNOWN."""
+    tg = require("tritonclient.grpc")
+    from tritonclient.utils import InferenceServerException
+
+    client = tg.InferenceServerClient(server.grpc)
+    inp = tg.InferInput("input", list(raw_patches.shape), "UINT16")
+    inp.set_data_from_numpy(raw_patches)
+    out = tg.InferRequestedOutput("output")
+    out._output.parameters["classification"].string_param = "x"
+    with pytest.raises(InferenceServerException) as err:
+        client.infer("tiny", [inp], outputs=[out])
+    assert "INVALID_ARGUMENT" in str(err.value.status()) and "classification" in err.value.message()
+    rest = requests.post(
+        f"{server.http}/v2/models/tiny/infer",
+        json={
+            "inputs": [
+                {"name": "input", "shape": [1, 13, 64, 64], "datatype": "UINT16", "data": [1] * 53248}
+            ],
+            "outputs": [{"name": "output", "parameters": {"classification": "x"}}],
+        },
+    )
+    assert rest.status_code == 400 and "classification" in rest.json()["error"]
+
+
+def test_chunked_body_over_the_limit_is_413(server: LiveServer) -> None:
+    """No Content-Length (chunked transfer): the limit is enforced while reading, with the request id."""
+
+    def chunks() -> Iterator[bytes]:
+        for _ in range(48):
+            yield b" " * 65536  # 3 MiB in all, over the server's 2 MiB
+
+    for path in ("/v2/models/tiny/infer", "/v1/models/tiny:predict"):
+        r = requests.post(server.http + path, data=chunks(), headers={"X-Request-ID": "chunky-1"})
+        assert r.request.headers.get("transfer-encoding") == "chunked"
+        assert r.status_code == 413, r.text
+        assert "exceeds the limit" in r.json()["error"]
+        assert r.headers["x-request-id"] == "chunky-1"
+    ok = requests.get(server.http + "/v2/health/ready")
+    assert ok.status_code == 200

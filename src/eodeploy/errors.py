@@ -82,3 +82,7 @@ class InsecureConfigError(EodeployError, ValueError):
 class DatabaseBusyError(DatabaseUnavailableError):
     """The results database answers but is locked by another writer (SQLite's "database is
     locked"); retried with back-off, then reported as busy, not as unreachable."""
+
+
+class NotAuthenticatedError(EodeployError, PermissionError):
+    """A call that needs an API key came without a valid one."""

@@ -43,6 +43,8 @@ class Settings(BaseSettings):
     #: Response cache: in-process LRU bound in MiB (0: off), or Redis shared by replicas.
     cache_mib: float = 64.0
     redis_url: str | None = None
+    #: Prefix of the response cache's Redis keys (servers of different repositories: different ones).
+    redis_prefix: str = "eodeploy:resp:"
     cache_ttl_s: int = 3600
     #: API keys accepted in the X-API-Key header (or "Authorization: Bearer"); empty: no auth.
     api_keys: list[SecretStr] = []

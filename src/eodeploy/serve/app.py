@@ -30,7 +30,7 @@ log = logging.getLogger("eodeploy.serve")
 
 def make_cache(settings: Settings) -> ResponseCache | None:
     if settings.redis_url:
-        return RedisCache(settings.redis_url, settings.cache_ttl_s)
+        return RedisCache(settings.redis_url, settings.cache_ttl_s, prefix=settings.redis_prefix)
     if settings.cache_mib > 0:
         return LRUCache(int(settings.cache_mib * 2**20))
     return None
@@ -50,13 +50,14 @@ def create_app(settings: Settings | None = None, grpc: bool = True) -> FastAPI:
             grpc_server = await start_grpc_server(
                 state, settings.host, settings.grpc_port, int(settings.max_body_mib * 2**20)
             )
-        log.info("serving %s", ", ".join(state.registry.names()) or "no models")
         try:
             yield
         finally:
             if grpc_server is not None:
                 await grpc_server.stop(grace=5)
             await state.registry.stop()
+            if state.inference.cache is not None:
+                await state.inference.cache.close()
             if getattr(state, "monitor_db", None) is not None:
                 state.monitor_db.dispose()
 
@@ -76,18 +77,17 @@ def create_app(settings: Settings | None = None, grpc: bool = True) -> FastAPI:
     )
     _local_docs(app)
     metrics = ServerMetrics()
-    registry = ModelRegistry(settings, metrics)
+    cache = make_cache(settings)
+    registry = ModelRegistry(settings, metrics, cache)
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.registry = registry
-    app.state.inference = InferenceService(
-        registry, metrics, make_cache(settings), settings.max_request_patches
-    )
+    app.state.inference = InferenceService(registry, metrics, cache, settings.max_request_patches)
 
     app.add_exception_handler(EodeployError, errors.domain_error_handler)
     app.add_exception_handler(HTTPException, errors.http_error_handler)
     app.add_exception_handler(RequestValidationError, errors.validation_error_handler)
-    app.add_exception_handler(Exception, errors.unexpected_error_handler)
+    # Unexpected exceptions become the generic 500 in RequestContextMiddleware, with the request id.
     app.add_middleware(RequestContextMiddleware, max_body_bytes=int(settings.max_body_mib * 2**20))
 
     app.include_router(upload.router)

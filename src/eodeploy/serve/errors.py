@@ -1,7 +1,9 @@
-"""One table from domain errors to HTTP status codes and one JSON error shape, ``{"error": msg}``.
+"""One table from domain errors to HTTP status codes and gRPC codes, and one JSON error shape,
+``{"error": msg}``.
 
 It is the shape TF Serving and the Open Inference Protocol both use, so every endpoint answers
-errors the same way. A 500 is logged with its traceback and answers a generic message.
+errors the same way, and REST and gRPC agree on what each error means. A 500 is logged with its
+traceback and answers a generic message.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from eodeploy.errors import (
     InvalidInputError,
     ModelNotFoundError,
     ModelNotReadyError,
+    NotAuthenticatedError,
     NotFoundError,
     PackageIntegrityError,
     PackageSpecError,
@@ -31,27 +34,60 @@ from eodeploy.errors import (
 
 log = logging.getLogger("eodeploy.serve")
 
-STATUS: list[tuple[type[EodeployError], int]] = [
-    (ModelNotFoundError, 404),
-    (NotFoundError, 404),
-    (ConflictError, 409),
-    (DatabaseUnavailableError, 503),
-    (ModelNotReadyError, 503),
-    (ServerBusyError, 503),
-    (InferenceTimeoutError, 504),
-    (PayloadTooLargeError, 413),
-    (InvalidInputError, 400),
-    (DataError, 400),
-    (PackageSpecError, 400),
-    (PackageIntegrityError, 503),
+#: Domain error -> (HTTP status, gRPC status code name). First match wins; REST and gRPC both read it.
+TABLE: list[tuple[type[EodeployError], int, str]] = [
+    (NotAuthenticatedError, 401, "UNAUTHENTICATED"),
+    (ModelNotFoundError, 404, "NOT_FOUND"),
+    (NotFoundError, 404, "NOT_FOUND"),
+    (ConflictError, 409, "ALREADY_EXISTS"),
+    (DatabaseUnavailableError, 503, "UNAVAILABLE"),
+    (ModelNotReadyError, 503, "UNAVAILABLE"),
+    (ServerBusyError, 503, "UNAVAILABLE"),
+    (InferenceTimeoutError, 504, "DEADLINE_EXCEEDED"),
+    (PayloadTooLargeError, 413, "RESOURCE_EXHAUSTED"),
+    (InvalidInputError, 400, "INVALID_ARGUMENT"),
+    (DataError, 400, "INVALID_ARGUMENT"),
+    (PackageSpecError, 400, "INVALID_ARGUMENT"),
+    (PackageIntegrityError, 503, "UNAVAILABLE"),
 ]
+INTERNAL_MESSAGE = "internal server error; the server log has the details"
 
 
-def status_of(exc: EodeployError) -> int:
-    for cls, code in STATUS:
+def _entry(exc: BaseException) -> tuple[int, str] | None:
+    for cls, status, code in TABLE:
         if isinstance(exc, cls):
-            return code
-    return 400
+            return status, code
+    if isinstance(exc, EodeployError):
+        return 400, "INVALID_ARGUMENT"
+    return None
+
+
+def status_of(exc: BaseException) -> int:
+    """HTTP status of any exception: the table's for domain errors, 500 for anything else."""
+    if isinstance(exc, HTTPException):
+        return exc.status_code
+    entry = _entry(exc)
+    return entry[0] if entry else 500
+
+
+def grpc_code_of(exc: BaseException) -> str:
+    """gRPC status code name (``grpc.StatusCode[name]``) of any exception: INTERNAL when unexpected."""
+    if isinstance(exc, HTTPException) and exc.status_code == 401:
+        return "UNAUTHENTICATED"
+    entry = _entry(exc)
+    return entry[1] if entry else "INTERNAL"
+
+
+def outcome_of(exc: BaseException | None) -> str:
+    """The metrics outcome of a request, from the same table: every 4xx is a client error."""
+    if exc is None:
+        return "success"
+    if isinstance(exc, ServerBusyError):
+        return "busy"
+    if isinstance(exc, InferenceTimeoutError):
+        return "timeout"
+    status = status_of(exc)
+    return "client_error" if 400 <= status < 500 else "error"
 
 
 def json_response(data: Any, status: int = 200) -> Response:
@@ -79,14 +115,9 @@ async def http_error_handler(_request: Request, exc: Exception) -> Response:
 
 
 async def validation_error_handler(_request: Request, exc: Exception) -> Response:
-    errors = getattr(exc, "errors", lambda: [])()
+    errors: list[dict[str, Any]] = getattr(exc, "errors", lambda: [])()
     parts = []
     for e in errors[:5]:
         where = ".".join(str(p) for p in e.get("loc", ()) if p != "body")
         parts.append(f"{where or 'body'}: {e.get('msg', 'invalid')}")
     return error_response(400, "invalid request: " + ("; ".join(parts) or "malformed body"))
-
-
-async def unexpected_error_handler(request: Request, exc: Exception) -> Response:
-    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return error_response(500, "internal server error; the server log has the details")

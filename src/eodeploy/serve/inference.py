@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
+import contextvars
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from eodeploy.errors import (
-    EodeployError,
-    InferenceTimeoutError,
-    InvalidInputError,
-    PayloadTooLargeError,
-    ServerBusyError,
-)
+from eodeploy.errors import InvalidInputError, PayloadTooLargeError
 from eodeploy.runtime.preprocess import as_channels_first
-from eodeploy.serve.cache import ResponseCache, cache_key
+from eodeploy.serve.cache import ResponseCache, cache_key_async
+from eodeploy.serve.errors import outcome_of
 from eodeploy.serve.metrics import ServerMetrics
 from eodeploy.serve.registry import ModelRegistry, ServedModel
 
@@ -37,16 +34,19 @@ class InferenceResult:
         return [names[i] for i in self.class_ids]
 
 
-def outcome_of(exc: BaseException | None) -> str:
-    if exc is None:
-        return "success"
-    if isinstance(exc, ServerBusyError):
-        return "busy"
-    if isinstance(exc, InferenceTimeoutError):
-        return "timeout"
-    if isinstance(exc, EodeployError):
-        return "client_error"
-    return "error"
+@dataclass
+class RequestTrack:
+    """One inference request as the metrics see it, from the first byte decoded to the answer."""
+
+    name: str
+    protocol: str
+    served: ServedModel | None = None
+    t0: float = field(default_factory=time.perf_counter)
+
+
+_current: contextvars.ContextVar[RequestTrack | None] = contextvars.ContextVar(
+    "inference_track", default=None
+)
 
 
 class InferenceService:
@@ -61,6 +61,37 @@ class InferenceService:
         self.metrics = metrics
         self.cache = cache
         self.max_request_patches = max_request_patches
+
+    @asynccontextmanager
+    async def track(self, name: str, protocol: str) -> AsyncIterator[RequestTrack]:
+        """Count one request, whatever fails inside: decoding the body (malformed JSON, a wrong
+        shape, an unreadable upload) as much as inference. Every protocol's handler wraps its work
+        in this, so each 4xx is counted the same way, by the one error table."""
+        current = _current.get()
+        if current is not None:  # nested (infer inside a handler's track): counted once, outside
+            yield current
+            return
+        tracked = RequestTrack(name, protocol)
+        token = _current.set(tracked)
+        error: BaseException | None = None
+        try:
+            yield tracked
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            _current.reset(token)
+            served = tracked.served
+            # An unknown name is not a label value: clients could grow the series without bound.
+            known = served.name if served else tracked.name if tracked.name in self.registry.names() else ""
+            labels = {
+                "model": known,
+                "version": str(served.version) if served else "",
+                "protocol": tracked.protocol,
+            }
+            self.metrics.requests.labels(**labels, outcome=outcome_of(error)).inc()
+            if error is None:
+                self.metrics.request_duration.labels(**labels).observe(time.perf_counter() - tracked.t0)
 
     async def infer(
         self,
@@ -77,11 +108,10 @@ class InferenceService:
     ) -> InferenceResult:
         """``input_name``: the tensor name the request used (OIP), checked against the very
         version chosen here, so a canary split cannot check one version and run another."""
-        t0 = time.perf_counter()
-        served: ServedModel | None = None
-        error: BaseException | None = None
-        try:
+        async with self.track(name, protocol) as tracked:
+            tracked.protocol = protocol
             served = self.registry.resolve(name, version, label, routing_key)
+            tracked.served = served
             if input_name is not None and input_name != served.spec.input_name:
                 raise InvalidInputError(
                     f"unknown input {input_name!r}; model {name!r} takes {served.spec.input_name!r}"
@@ -89,28 +119,16 @@ class InferenceService:
             raw = self._check(served, raw)
             key = None
             if self.cache is not None:
-                key = cache_key(served.name, served.version, raw, band_names, units)
-                hit = self.cache.get(key)
+                key = await cache_key_async(served.identity, raw, band_names, units)
+                hit = await self.cache.get(key)
                 if hit is not None and len(hit) == len(raw):
                     self.metrics.cache_hits.labels(model=served.name).inc()
                     return InferenceResult(served, hit, cached=True)
                 self.metrics.cache_misses.labels(model=served.name).inc()
             proba = await served.batcher.submit(raw, band_names, units)
             if key is not None and self.cache is not None:
-                self.cache.put(key, proba)
+                await self.cache.put(key, proba)
             return InferenceResult(served, proba)
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            labels = {
-                "model": served.name if served else name,
-                "version": str(served.version) if served else "",
-                "protocol": protocol,
-            }
-            self.metrics.requests.labels(**labels, outcome=outcome_of(error)).inc()
-            if error is None:
-                self.metrics.request_duration.labels(**labels).observe(time.perf_counter() - t0)
 
     def _check(self, served: ServedModel, raw: np.ndarray) -> np.ndarray:
         """Cheap checks before queueing, so a malformed request never occupies the batcher."""

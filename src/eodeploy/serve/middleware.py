@@ -12,13 +12,18 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from eodeploy.errors import PayloadTooLargeError
+from eodeploy.serve.errors import INTERNAL_MESSAGE
 
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 access_log = logging.getLogger("eodeploy.access")
+log = logging.getLogger("eodeploy.serve")
 
 
 class RequestContextMiddleware:
-    """Gives each request an id (``X-Request-ID`` in, or a new one), logs one line per request."""
+    """Gives each request an id (``X-Request-ID`` in, or a new one), logs one line per request.
+
+    It also turns an unexpected exception into the generic 500 itself, while the request id is
+    still known: the traceback is logged with it and the response carries it."""
 
     def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
         self.app = app
@@ -53,9 +58,12 @@ class RequestContextMiddleware:
                     raise PayloadTooLargeError(_too_large_message(received, limit))
             return message
 
+        started = False
+
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started
             if message["type"] == "http.response.start":
+                started = True
                 status = message["status"]
                 message.setdefault("headers", [])
                 message["headers"] = [*message["headers"], (b"x-request-id", rid.encode("latin-1"))]
@@ -63,6 +71,12 @@ class RequestContextMiddleware:
 
         try:
             await self.app(scope, limited_receive, send_with_id)
+        except Exception as exc:
+            log.error("unhandled error on %s %s", scope.get("method"), scope.get("path"), exc_info=exc)
+            status = 500
+            if started:  # too late for an error response: let the server drop the connection
+                raise
+            await _send_json(send, 500, {"error": INTERNAL_MESSAGE}, rid)
         finally:
             access_log.info("request", extra={"http": _fields(scope, status, t0, rid)})
             request_id.reset(token)
@@ -76,11 +90,15 @@ def _too_large_message(size: int, limit: int) -> str:
 
 
 async def _too_large(send: Send, rid: str, size: int, limit: int) -> None:
-    body = json.dumps({"error": _too_large_message(size, limit)}).encode()
+    await _send_json(send, 413, {"error": _too_large_message(size, limit)}, rid)
+
+
+async def _send_json(send: Send, status: int, doc: dict[str, Any], rid: str) -> None:
+    body = json.dumps(doc).encode()
     await send(
         {
             "type": "http.response.start",
-            "status": 413,
+            "status": status,
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),

@@ -104,7 +104,7 @@ def build_outputs(
         if k:
             if name != spec.output_name:
                 raise InvalidInputError(f"classification applies to {spec.output_name!r}, not {name!r}")
-            k = max(1, min(int(k), proba.shape[1]))
+            k = max(1, min(_count(k, "classification"), proba.shape[1]))
             top = np.argsort(-proba, axis=1)[:, :k]
             labels = spec.class_names
             strings = [
@@ -117,11 +117,24 @@ def build_outputs(
     return out
 
 
+def _count(value: Any, what: str) -> int:
+    """A whole-number parameter (JSON number or string of digits), or a clear 400."""
+    if isinstance(value, bool) or not isinstance(value, int | str | float):
+        raise InvalidInputError(f"parameter {what} must be a whole number such as 3, got {value!r}")
+    try:
+        n = int(value)
+    except (ValueError, OverflowError):
+        raise InvalidInputError(f"parameter {what} must be a whole number such as 3, got {value!r}") from None
+    if n != value and str(n) != str(value).strip():
+        raise InvalidInputError(f"parameter {what} must be a whole number such as 3, got {value!r}")
+    return n
+
+
 def units_param(parameters: dict[str, Any] | None) -> str:
     """Our extension: ``"units": "reflectance" | "dn" | "rgb8" | "auto"`` (default auto: guessed
     from the tensor's type and range, see ``runtime.preprocess.guess_units``)."""
     value = (parameters or {}).get("units", "auto")
-    if value != "auto" and value not in UNITS:
+    if not isinstance(value, str) or (value != "auto" and value not in UNITS):
         raise InvalidInputError(
             f"parameter units must be one of auto, {', '.join(sorted(UNITS))}; got {value!r}"
         )

@@ -13,16 +13,9 @@ import grpc
 import numpy as np
 
 from eodeploy import __version__
-from eodeploy.errors import (
-    EodeployError,
-    InferenceTimeoutError,
-    InvalidInputError,
-    ModelNotFoundError,
-    ModelNotReadyError,
-    PayloadTooLargeError,
-    ServerBusyError,
-)
+from eodeploy.errors import EodeployError, InvalidInputError, NotAuthenticatedError
 from eodeploy.serve.auth import key_is_valid
+from eodeploy.serve.errors import INTERNAL_MESSAGE, grpc_code_of
 from eodeploy.serve.oip import (
     EXTENSIONS,
     PLATFORM,
@@ -44,20 +37,26 @@ _CONTENTS = {  # datatype -> InferTensorContents field
     "FP32": "fp32_contents",
     "FP64": "fp64_contents",
 }
-_CODES: list[tuple[type[EodeployError], grpc.StatusCode]] = [
-    (ModelNotFoundError, grpc.StatusCode.NOT_FOUND),
-    (ModelNotReadyError, grpc.StatusCode.UNAVAILABLE),
-    (ServerBusyError, grpc.StatusCode.UNAVAILABLE),
-    (InferenceTimeoutError, grpc.StatusCode.DEADLINE_EXCEEDED),
-    (PayloadTooLargeError, grpc.StatusCode.RESOURCE_EXHAUSTED),
-]
 
 
-def _code(exc: EodeployError) -> grpc.StatusCode:
-    for cls, code in _CODES:
-        if isinstance(exc, cls):
-            return code
-    return grpc.StatusCode.INVALID_ARGUMENT
+async def _abort(context: grpc.aio.ServicerContext, exc: Exception) -> None:
+    """The REST error table's gRPC column; anything unexpected is logged and answered INTERNAL."""
+    code = grpc_code_of(exc)
+    if code == "INTERNAL":
+        log.error("unhandled error in a gRPC call", exc_info=exc)
+        await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
+    await context.abort(grpc.StatusCode[code], str(exc))
+
+
+def _key_ok(settings: Any, context: grpc.aio.ServicerContext, admin: bool) -> bool:
+    """The REST rule: admin calls need a key once keys are set, inference only with AUTH_INFERENCE."""
+    if not settings.api_keys or not (admin or settings.auth_inference):
+        return True
+    md = dict(context.invocation_metadata() or ())
+    key = md.get("x-api-key")
+    if not key and str(md.get("authorization", "")).lower().startswith("bearer "):
+        key = str(md["authorization"])[7:].strip()
+    return key_is_valid(settings, key)
 
 
 def _stubs() -> tuple[Any, Any]:
@@ -71,14 +70,7 @@ def make_servicer(state: Any) -> Any:
 
     class Servicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc,name-defined]
         async def _guard(self, context: grpc.aio.ServicerContext, admin: bool = False) -> None:
-            s = state.settings
-            if not s.api_keys or not (admin or s.auth_inference):
-                return
-            md = dict(context.invocation_metadata() or ())
-            key = md.get("x-api-key")
-            if not key and str(md.get("authorization", "")).lower().startswith("bearer "):
-                key = str(md["authorization"])[7:].strip()
-            if not key_is_valid(s, key):
+            if not _key_ok(state.settings, context, admin):
                 await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid API key (x-api-key)")
 
         async def ServerLive(self, request: Any, context: Any) -> Any:  # noqa: N802
@@ -100,8 +92,8 @@ def make_servicer(state: Any) -> Any:
         async def ModelMetadata(self, request: Any, context: Any) -> Any:  # noqa: N802
             try:
                 model = state.registry.resolve(request.name, request.version or None)
-            except EodeployError as exc:
-                await context.abort(_code(exc), str(exc))
+            except Exception as exc:
+                await _abort(context, exc)
             meta = model_metadata(model, state.registry.served_versions(request.name))
             tm = pb.ModelMetadataResponse.TensorMetadata
             return pb.ModelMetadataResponse(
@@ -113,11 +105,13 @@ def make_servicer(state: Any) -> Any:
             )
 
         async def ModelInfer(self, request: Any, context: Any) -> Any:  # noqa: N802
-            await self._guard(context)
             try:
-                return await _infer(pb, state, request, dict(context.invocation_metadata() or ()))
-            except EodeployError as exc:
-                await context.abort(_code(exc), str(exc))
+                async with state.inference.track(request.model_name, "oip_grpc"):
+                    if not _key_ok(state.settings, context, admin=False):
+                        raise NotAuthenticatedError("missing or invalid API key (x-api-key)")
+                    return await _infer(pb, state, request, dict(context.invocation_metadata() or ()))
+            except Exception as exc:
+                await _abort(context, exc)
 
         async def RepositoryIndex(self, request: Any, context: Any) -> Any:  # noqa: N802
             await self._guard(context, admin=True)
@@ -132,8 +126,8 @@ def make_servicer(state: Any) -> Any:
             await self._guard(context, admin=True)
             try:
                 await action(request.model_name)
-            except EodeployError as exc:
-                await context.abort(_code(exc), str(exc))
+            except Exception as exc:
+                await _abort(context, exc)
             return response()
 
         async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:  # noqa: N802

@@ -11,6 +11,7 @@ from starlette.responses import Response
 
 from eodeploy import __version__
 from eodeploy.errors import InvalidInputError
+from eodeploy.serve._offload import decode_off_loop
 from eodeploy.serve.auth import require_admin, require_inference
 from eodeploy.serve.errors import json_response
 from eodeploy.serve.oip import (
@@ -111,15 +112,20 @@ _INFER_BODY = {
     "/v2/models/{name}/infer",
     summary="Inference (JSON tensors or the binary tensor extension)",
     openapi_extra=_INFER_BODY,
-    dependencies=[Depends(require_inference)],
 )
 @router.post(
     "/v2/models/{name}/versions/{version}/infer",
     summary="Inference on one version",
     openapi_extra=_INFER_BODY,
-    dependencies=[Depends(require_inference)],
 )
 async def infer(request: Request, name: str, version: str | None = None) -> Response:
+    binary = request.headers.get(HEADER_LENGTH) is not None
+    async with request.app.state.inference.track(name, "oip_http_binary" if binary else "oip_http_json"):
+        require_inference(request)  # inside: a refused key is counted like every 4xx
+        return await _infer(request, name, version)
+
+
+async def _infer(request: Request, name: str, version: str | None) -> Response:
     registry = request.app.state.registry
     registry.resolve(name, version)  # an unknown model or version is a 404 before the body is parsed
     body = await request.body()
@@ -137,11 +143,16 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
             raw = from_bytes(body, shape, "FP32")
             req: dict[str, Any] = {"inputs": [{"name": spec.input_name, "shape": shape, "datatype": "FP32"}]}
             return await _run(request, name, version, req, raw, binary=False)
-        req, binary = _parse_header(body[:n]), memoryview(body)[n:]
+        req, raw = await decode_off_loop(n, _decode, body[:n], memoryview(body)[n:])
     else:
-        req, binary = _parse_header(body), memoryview(b"")
-    raw = _input_array(req, binary)
+        req, raw = await decode_off_loop(len(body), _decode, body, memoryview(b""))
     return await _run(request, name, version, req, raw, binary=header_len is not None)
+
+
+def _decode(header: bytes, binary: memoryview) -> tuple[dict[str, Any], Any]:
+    """JSON header and input tensor: blocking, run off the event loop when the JSON is large."""
+    req = _parse_header(header)
+    return req, _input_array(req, binary)
 
 
 def _parse_header(data: bytes) -> dict[str, Any]:
@@ -183,7 +194,7 @@ def _input_array(req: dict[str, Any], binary: memoryview) -> Any:
 async def _run(
     request: Request, name: str, version: str | None, req: dict[str, Any], raw: Any, binary: bool
 ) -> Response:
-    params = req.get("parameters") if isinstance(req.get("parameters"), dict) else {}
+    params: dict[str, Any] = req["parameters"] if isinstance(req.get("parameters"), dict) else {}
     result = await request.app.state.inference.infer(
         name,
         raw,
@@ -194,13 +205,16 @@ async def _run(
         routing_key=request.headers.get("x-routing-key"),
         input_name=req["inputs"][0]["name"],
     )
-    requested = []
+    requested: list[tuple[str, dict[str, Any]]] = []
     want_binary_all = bool(params.get("binary_data_output"))
     binary_of: dict[str, bool] = {}
-    for o in req.get("outputs") or []:
+    outputs_asked = req.get("outputs") or []
+    if not isinstance(outputs_asked, list):
+        raise InvalidInputError('"outputs" must be a list of objects such as {"name": "class_id"}')
+    for o in outputs_asked:
         if not isinstance(o, dict) or not isinstance(o.get("name"), str):
             raise InvalidInputError('each requested output must be an object with a "name"')
-        p = o.get("parameters") if isinstance(o.get("parameters"), dict) else {}
+        p: dict[str, Any] = o["parameters"] if isinstance(o.get("parameters"), dict) else {}
         requested.append((o["name"], p))
         binary_of[o["name"]] = bool(p.get("binary_data", want_binary_all))
     outputs = build_outputs(result, requested or None)

@@ -8,16 +8,29 @@ config: it is optional, re-read on every repository scan, and written atomically
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from eodeploy._files import atomic_write_bytes
 from eodeploy.errors import PackageSpecError
 
 SERVING_FILE = "serving.json"
-_LABEL = re.compile(r"^[A-Za-z0-9_]+$")  # TF Serving's label rule
+_EXAMPLE = '{"version_policy": "latest:1", "labels": {"stable": 1, "canary": 2}, "canary_percent": 10}'
+Label = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_]+$")]  # TF Serving's label rule
+
+
+class _ServingFile(BaseModel):
+    """The schema of serving.json. Unknown fields are refused: a misspelt field would otherwise be
+    silently ignored and route traffic the wrong way."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version_policy: str | dict[str, Any] | None = None
+    labels: dict[Label, Annotated[int, Field(strict=True, ge=0)]] = Field(default_factory=dict)
+    canary_percent: float = Field(0.0, ge=0, le=100, allow_inf_nan=False)
 
 
 @dataclass(frozen=True)
@@ -92,18 +105,28 @@ class ServingConfig:
         return cls.from_dict(data, default_policy, str(path))
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], default_policy: VersionPolicy, where: str = "") -> ServingConfig:
-        policy = VersionPolicy.parse(data["version_policy"]) if "version_policy" in data else default_policy
-        labels = {str(k): int(v) for k, v in (data.get("labels") or {}).items()}
-        bad = [k for k in labels if not _LABEL.match(k)]
-        if bad:
-            raise PackageSpecError(f"{where}: label(s) {bad} must match [A-Za-z0-9_]+")
-        pct = float(data.get("canary_percent", 0))
-        if not 0 <= pct <= 100:
-            raise PackageSpecError(f"{where}: canary_percent {pct} must be between 0 and 100")
-        if pct and "canary" not in labels:
+    def from_dict(cls, data: Any, default_policy: VersionPolicy, where: str = "") -> ServingConfig:
+        """Validate a parsed serving.json against its schema; every problem names the file and field."""
+        try:
+            doc = _ServingFile.model_validate(data)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'the whole file'}: {e['msg']}"
+                for e in exc.errors()[:5]
+            )
+            raise PackageSpecError(
+                f"{where}: {problems}. Expected an object such as {_EXAMPLE}; "
+                "fix the file or rewrite it with 'eodeploy models route'"
+            ) from None
+        try:
+            policy = (
+                VersionPolicy.parse(doc.version_policy) if doc.version_policy is not None else default_policy
+            )
+        except PackageSpecError as exc:
+            raise PackageSpecError(f"{where}: version_policy: {exc}") from None
+        if doc.canary_percent and "canary" not in doc.labels:
             raise PackageSpecError(f"{where}: canary_percent is set but no 'canary' label names a version")
-        return cls(policy, labels, pct)
+        return cls(policy, dict(doc.labels), doc.canary_percent)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"version_policy": str(self.policy), "labels": self.labels}

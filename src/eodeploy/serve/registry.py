@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
+import json
 import logging
 import random
 import time
 import zlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from eodeploy.errors import EodeployError, ModelNotFoundError, ModelNotReadyError
-from eodeploy.package.repository import ModelPackage, ModelRepository
+from eodeploy.package.repository import ModelPackage, ModelRepository, sha256_file
 from eodeploy.runtime.predictor import Predictor
 from eodeploy.serve.batcher import BatchConfig, DynamicBatcher
+from eodeploy.serve.cache import ResponseCache
 from eodeploy.serve.metrics import ServerMetrics
 from eodeploy.serve.policy import SERVING_FILE, ServingConfig, VersionPolicy
 from eodeploy.settings import Settings
@@ -30,6 +35,9 @@ class ServedModel:
     package: ModelPackage
     predictor: Predictor
     batcher: DynamicBatcher
+    #: The model file's sha256 and a digest of its package: what the response cache keys on, and
+    #: what tells a hot reload that a version number now names another model.
+    identity: str
     loaded_at: float = field(default_factory=time.time)
 
     @property
@@ -52,8 +60,11 @@ class VersionState:
 
 
 class ModelRegistry:
-    def __init__(self, settings: Settings, metrics: ServerMetrics) -> None:
+    def __init__(
+        self, settings: Settings, metrics: ServerMetrics, cache: ResponseCache | None = None
+    ) -> None:
         self.settings = settings
+        self.cache = cache
         self.repo = ModelRepository(settings.model_repo)
         self.metrics = metrics
         self.default_policy = VersionPolicy.parse(settings.version_policy)
@@ -64,23 +75,46 @@ class ModelRegistry:
         self._lock = asyncio.Lock()
         self._poll_task: asyncio.Task[None] | None = None
         self._signature: Any = None
-        self.ready = False
+        self._load_task: asyncio.Task[None] | None = None
+        self._expected: set[str] = set()  # models with versions the policy wants loaded
+        self.loaded = False  # the initial load has finished (well or not)
         self._rng = random.Random()
 
     # --- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
-        await self.sync()
-        self.ready = True
+        """Load models in the background: the server answers liveness at once, and readiness
+        (503 until then) only once every model has a version loaded and warmed up."""
+        self._load_task = asyncio.get_running_loop().create_task(self._initial_load())
+
+    async def _initial_load(self) -> None:
+        try:
+            await self.sync()
+        except Exception:  # a broken repository must not kill the server; readiness tells
+            log.exception("loading the model repository failed")
+        finally:
+            self.loaded = True
+        log.info("serving %s", ", ".join(self.names()) or "no models")
         if self.settings.poll_interval_s > 0:
             self._poll_task = asyncio.get_running_loop().create_task(self._poll())
 
+    @property
+    def ready(self) -> bool:
+        """Loaded, and every model the repository wants served has a version that loaded: a server
+        whose every version failed is not ready."""
+        return self.loaded and all(self._served.get(name) for name in self._expected)
+
     async def stop(self) -> None:
-        if self._poll_task:
-            self._poll_task.cancel()
+        for task in (self._load_task, self._poll_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
         async with self._lock:
             for name in list(self._served):
                 for v in list(self._served[name]):
-                    await self._drop(name, v)
+                    # Shutting down is not unloading: the entries stay for the other replicas
+                    # sharing Redis (they are keyed by content, so never stale).
+                    await self._drop(name, v, invalidate=False)
 
     async def _poll(self) -> None:
         while True:
@@ -92,10 +126,13 @@ class ModelRegistry:
                 log.exception("model repository scan failed")
 
     def _repo_signature(self) -> Any:
+        """Changes when a version, its files or serving.json change: a version removed and its
+        number reused by another model is a change even though the numbers are the same."""
         sig = []
         for name in self.repo.names():
             cfg = self.repo.root / name / SERVING_FILE
-            sig.append((name, tuple(self.repo.versions(name)), cfg.stat().st_mtime_ns if cfg.exists() else 0))
+            versions = tuple((v, _stamp(self.repo.root / name / str(v))) for v in self.repo.versions(name))
+            sig.append((name, versions, _stamp(cfg)))
         return tuple(sig)
 
     # --- loading --------------------------------------------------------------------------------
@@ -107,7 +144,11 @@ class ModelRegistry:
             for name in sorted(names):
                 if only is not None and name != only:
                     continue
-                await self._sync_model(name)
+                try:
+                    await self._sync_model(name)
+                except Exception:  # one model's problem stays that model's
+                    log.exception("model %s: syncing with the repository failed", name)
+                    self._expected.add(name)  # and it is not ready unless a version still serves
 
     async def _sync_model(self, name: str) -> None:
         available = self.repo.versions(name)
@@ -116,14 +157,19 @@ class ModelRegistry:
         else:
             try:
                 cfg = ServingConfig.read(self.repo.root / name, self.default_policy)
-            except EodeployError as exc:  # keep serving what is loaded; report the problem
-                log.error("model %s: %s", name, exc)
+            except EodeployError as exc:  # keep serving the last good routing; report the problem
+                keeping = "the last good routing" if name in self._configs else "the default policy"
+                log.error("model %s: %s (serving with %s until it is fixed)", name, exc, keeping)
                 cfg = self._configs.get(name, ServingConfig(self.default_policy))
             self._configs[name] = cfg
             wanted = cfg.wanted(available)
+        if wanted:
+            self._expected.add(name)
+        else:
+            self._expected.discard(name)
         current = self._served.setdefault(name, {})
         for v in wanted:
-            if v not in current:
+            if v not in current or await self._replaced(current[v]):
                 await self._load(name, v)
         for v in [v for v in current if v not in wanted]:
             await self._drop(name, v)
@@ -131,14 +177,29 @@ class ModelRegistry:
             if self._states[key].state != "UNAVAILABLE" or key[1] not in available:
                 del self._states[key]
 
+    async def _replaced(self, served: ServedModel) -> bool:
+        """Whether the repository's package under this version number is another model now."""
+        try:
+            package = self.repo.get(served.name, served.version)
+        except EodeployError:
+            return False  # gone: the policy drops it
+        sha = package.recorded_sha256 or str(await asyncio.to_thread(sha256_file, package.model_path))
+        return served.identity != _identity(package, sha)
+
     async def _load(self, name: str, version: int) -> None:
-        self._states[(name, version)] = VersionState("LOADING")
+        """Load (or reload, when the number now names another model) and swap in atomically: the
+        old model serves until the new one is warm."""
+        old = self._served.get(name, {}).get(version)
+        if old is None:
+            self._states[(name, version)] = VersionState("LOADING")
         try:
             package = self.repo.get(name, version)
-            predictor = await asyncio.to_thread(self._open_and_warm, package)
+            predictor, identity = await asyncio.to_thread(self._open_and_warm, package)
         except Exception as exc:
             reason = str(exc) if isinstance(exc, EodeployError) else f"{type(exc).__name__}: {exc}"
             log.error("model %s version %s failed to load: %s", name, version, reason)
+            if old is not None:  # the new file is broken: drop the old model, it was removed
+                await self._drop(name, version)
             self._states[(name, version)] = VersionState("UNAVAILABLE", reason)
             return
         labels = {"model": name, "version": str(version)}
@@ -171,13 +232,17 @@ class ModelRegistry:
             name=f"{name}-{version}",
         )
         batcher.start()
-        self._served[name][version] = ServedModel(package, predictor, batcher)
+        self._served.setdefault(name, {})[version] = ServedModel(package, predictor, batcher, identity)
         self._states[(name, version)] = VersionState("AVAILABLE")
         m.model_ready.labels(**labels).set(1)
         log.info("model %s version %s ready (%s)", name, version, ", ".join(predictor.providers))
+        if old is not None:
+            log.info("model %s version %s: the file changed; the previous model is unloaded", name, version)
+            await self._retire(old)
 
-    def _open_and_warm(self, package: ModelPackage) -> Predictor:
+    def _open_and_warm(self, package: ModelPackage) -> tuple[Predictor, str]:
         s = self.settings
+        identity = _identity(package, package.recorded_sha256 or sha256_file(package.model_path))
         predictor = Predictor(
             package,
             intra_op_threads=s.intra_op_threads or None,
@@ -189,17 +254,22 @@ class ModelRegistry:
         for n in (1, s.max_batch_size):
             raw = np.zeros((n, len(spec.bands), spec.height, spec.width), np.float32)
             predictor.run(predictor.preprocess(raw))
-        return predictor
+        return predictor, identity
 
-    async def _drop(self, name: str, version: int) -> None:
+    async def _drop(self, name: str, version: int, invalidate: bool = True) -> None:
         served = self._served.get(name, {}).pop(version, None)
         if served is None:
             return
         self._states[(name, version)] = VersionState("UNLOADING")
         self.metrics.model_ready.labels(model=name, version=str(version)).set(0)
-        await served.batcher.close()  # in-flight and queued requests finish first
+        await self._retire(served, invalidate)
         self._states.pop((name, version), None)
         log.info("model %s version %s unloaded", name, version)
+
+    async def _retire(self, served: ServedModel, invalidate: bool = True) -> None:
+        await served.batcher.close()  # in-flight and queued requests finish first
+        if invalidate and self.cache is not None:
+            await self.cache.invalidate(served.identity)
 
     async def load(self, name: str) -> None:
         if not self.repo.versions(name):
@@ -234,7 +304,9 @@ class ModelRegistry:
     ) -> ServedModel:
         versions = self._served.get(name)
         if not versions:
-            if any(n == name and st.state == "LOADING" for (n, _), st in self._states.items()):
+            if not self.loaded or any(
+                n == name and st.state == "LOADING" for (n, _), st in self._states.items()
+            ):
                 raise ModelNotReadyError(f"model {name!r} is loading; retry shortly")
             raise ModelNotFoundError(self._unknown(name))
         cfg = self.config(name)
@@ -290,3 +362,21 @@ class ModelRegistry:
             for v, st in sorted(states, key=lambda t: t[0]):
                 rows.append({"name": name, "version": str(v), "state": st.state, "reason": st.reason})
         return rows
+
+
+def _identity(package: ModelPackage, model_sha256: str) -> str:
+    """The model file's sha256 and a digest of the package's item.json (preprocessing, classes)."""
+    item = json.dumps(package.item, sort_keys=True, default=str).encode()
+    return f"{model_sha256[:32]}-{hashlib.blake2b(item, digest_size=8).hexdigest()}"
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    """Modification time and size of a file, or of a version folder's files; (0, 0) when absent."""
+    try:
+        if path.is_dir():
+            stats = [p.stat() for p in sorted(path.iterdir()) if p.is_file()]
+            return max((st.st_mtime_ns for st in stats), default=0), sum(st.st_size for st in stats)
+        st = path.stat()
+        return st.st_mtime_ns, st.st_size
+    except OSError:
+        return 0, 0

@@ -43,25 +43,90 @@ def check_shape(shape: Any) -> list[int]:
     return [int(d) for d in shape]
 
 
-def from_json(data: Any, shape: list[int], datatype: str) -> np.ndarray:
-    """A JSON ``data`` field (flat or nested, row-major) as an array of ``shape``."""
+def json_numbers(data: Any, datatype: str = "FP32") -> np.ndarray:
+    """JSON numbers (flat or nested lists) as an array, refusing what would silently change
+    value: null, strings and booleans; fractions or out-of-range values for an integer type."""
     dtype = dtype_of(datatype)
-    if datatype not in INPUT_DATATYPES:
-        raise InvalidInputError(f"datatype {datatype} cannot carry band values; use FP32 or UINT16")
+    ragged = "tensor data must be numbers in a flat or nested list (nested lists of equal length)"
+    if isinstance(data, list) and len(data) > 1 and isinstance(data[0], list):
+        # Patch by patch: one np.asarray over millions of numbers holds the GIL for seconds, which
+        # stalls the event loop even from a worker thread; between patches other threads run.
+        parts = [_numeric(d, datatype) for d in data]
+        if len({p.shape for p in parts}) > 1:
+            raise InvalidInputError(ragged)
+        arr = np.stack(parts)
+    elif isinstance(data, list) and len(data) > _CHUNK:  # a long flat list: in slices, likewise
+        parts = [_numeric(data[i : i + _CHUNK], datatype) for i in range(0, len(data), _CHUNK)]
+        if any(p.ndim != 1 for p in parts):
+            raise InvalidInputError(ragged)
+        arr = np.concatenate(parts)
+    else:
+        arr = _numeric(data, datatype)
+    if dtype.kind in "iu":
+        if arr.dtype.kind == "f":
+            if arr.size and not np.all(np.isfinite(arr) & (arr == np.round(arr))):
+                raise InvalidInputError(
+                    f"datatype {datatype} takes whole numbers, but the data holds fractions; "
+                    "send FP32 for fractional values"
+                )
+        info = np.iinfo(dtype)
+        if arr.size and (arr.min() < info.min or arr.max() > info.max):
+            raise InvalidInputError(
+                f"values outside the range of {datatype} ({info.min} to {info.max}); send a wider datatype"
+            )
+        return arr.astype(dtype)
+    with np.errstate(over="ignore"):
+        out = arr.astype(dtype)
+    if out.size and arr.dtype.kind == "f" and not np.isfinite(out[np.isfinite(arr)]).all():
+        raise InvalidInputError(
+            f"values too large for {datatype} (they would become infinite); send smaller values or FP64"
+        )
+    return out
+
+
+_CHUNK = 1 << 16
+
+
+def _numeric(data: Any, datatype: str) -> np.ndarray:
     try:
-        arr = np.asarray(data, dtype=np.float64 if dtype.kind == "f" else np.int64)
-    except (ValueError, TypeError):
+        arr = np.asarray(data)
+    except (ValueError, TypeError, OverflowError):
         raise InvalidInputError(
             "tensor data must be numbers in a flat or nested list (nested lists of equal length)"
         ) from None
+    if arr.dtype.kind not in "iuf":
+        if arr.dtype.kind in "US":
+            what = "strings"
+        elif arr.dtype.kind == "b":
+            what = "booleans"
+        elif _has_none(data):
+            what = "null"
+        else:
+            what = f"integers too large for {datatype} (or mixed values)"
+        raise InvalidInputError(
+            f"tensor data must be numbers; it holds {what}; send every value as a plain JSON number"
+        )
+    return arr
+
+
+def _has_none(data: Any) -> bool:
+    if data is None:
+        return True
+    if isinstance(data, list | tuple):
+        return any(_has_none(d) for d in data)
+    return False
+
+
+def from_json(data: Any, shape: list[int], datatype: str) -> np.ndarray:
+    """A JSON ``data`` field (flat or nested, row-major) as an array of ``shape``."""
+    dtype_of(datatype)
+    if datatype not in INPUT_DATATYPES:
+        raise InvalidInputError(f"datatype {datatype} cannot carry band values; use FP32 or UINT16")
     expected = math.prod(shape)
+    arr = json_numbers(data, datatype)
     if arr.size != expected:
         raise InvalidInputError(f"tensor data holds {arr.size} values but shape {shape} needs {expected}")
-    if dtype.kind in "iu":
-        info = np.iinfo(dtype)
-        if arr.size and (arr.min() < info.min or arr.max() > info.max):
-            raise InvalidInputError(f"values outside the range of {datatype}")
-    return arr.reshape(shape).astype(dtype, copy=False)
+    return arr.reshape(shape)
 
 
 def from_bytes(buf: bytes | memoryview, shape: list[int], datatype: str) -> np.ndarray:

@@ -6,14 +6,16 @@ from typing import Any
 
 import numpy as np
 import orjson
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from eodeploy.errors import InvalidInputError
+from eodeploy.serve._offload import decode_off_loop
 from eodeploy.serve.auth import require_inference
 from eodeploy.serve.errors import json_response
 from eodeploy.serve.oip import band_names_param, units_param
 from eodeploy.serve.registry import ServedModel
+from eodeploy.serve.tensors import json_numbers
 
 router = APIRouter(tags=["TensorFlow Serving REST"])
 SIGNATURE = "serving_default"
@@ -99,49 +101,29 @@ _PREDICT_BODY = {
     "/v1/models/{name}:predict",
     summary="Predict (latest version, or the canary split)",
     openapi_extra=_PREDICT_BODY,
-    dependencies=[Depends(require_inference)],
 )
 @router.post(
     "/v1/models/{name}/versions/{version}:predict",
     summary="Predict with one version",
     openapi_extra=_PREDICT_BODY,
-    dependencies=[Depends(require_inference)],
 )
 @router.post(
     "/v1/models/{name}/labels/{label}:predict",
     summary="Predict with a labelled version (stable, canary)",
     openapi_extra=_PREDICT_BODY,
-    dependencies=[Depends(require_inference)],
 )
 async def predict(
     request: Request, name: str, version: str | None = None, label: str | None = None
 ) -> Response:
-    try:
-        body = orjson.loads(await request.body())
-    except orjson.JSONDecodeError as exc:
-        raise InvalidInputError(f"request body is not valid JSON ({exc})") from None
-    if not isinstance(body, dict):
-        raise InvalidInputError('request body must be a JSON object with "instances" or "inputs"')
-    signature = body.get("signature_name", SIGNATURE)
-    if signature != SIGNATURE:
-        raise InvalidInputError(f"serving signature {signature!r} not found; this model has {SIGNATURE!r}")
-    if ("instances" in body) == ("inputs" in body):
-        raise InvalidInputError('send exactly one of "instances" (row format) or "inputs" (columnar format)')
-    registry = request.app.state.registry
-    input_name = registry.resolve(name, version, label).spec.input_name
-    row = "instances" in body
-    data = body["instances"] if row else body["inputs"]
-    if row and isinstance(data, list) and data and isinstance(data[0], dict):
-        data = [_named(inst, input_name) for inst in data]
-    elif not row and isinstance(data, dict):
-        data = _named(data, input_name)
-    if row and not isinstance(data, list):
-        raise InvalidInputError('"instances" must be a list of patches')
-    arr = _to_array(data)
-    # Our extension, as in OIP: "parameters": {"band_names": "B04,B03,B02", "units": "reflectance"}.
-    params = body.get("parameters")
-    if params is not None and not isinstance(params, dict):
-        raise InvalidInputError('"parameters" must be an object such as {"band_names": "B04,B03,B02"}')
+    async with request.app.state.inference.track(name, "tfserving"):
+        require_inference(request)  # inside: a refused key is counted like every 4xx
+        return await _predict(request, name, version, label)
+
+
+async def _predict(request: Request, name: str, version: str | None, label: str | None) -> Response:
+    input_name = request.app.state.registry.resolve(name, version, label).spec.input_name
+    raw = await request.body()
+    row, arr, params = await decode_off_loop(len(raw), _decode, raw, input_name)
     result = await request.app.state.inference.infer(
         name,
         arr,
@@ -156,6 +138,35 @@ async def predict(
     return json_response({"predictions": proba} if row else {"outputs": proba})
 
 
+def _decode(raw: bytes, input_name: str) -> tuple[bool, np.ndarray, dict[str, Any] | None]:
+    """The request body as (row format?, patches, parameters): blocking, run off the loop when large."""
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInputError(f"request body is not valid JSON ({exc})") from None
+    if not isinstance(body, dict):
+        raise InvalidInputError('request body must be a JSON object with "instances" or "inputs"')
+    signature = body.get("signature_name", SIGNATURE)
+    if signature != SIGNATURE:
+        raise InvalidInputError(f"serving signature {signature!r} not found; this model has {SIGNATURE!r}")
+    if ("instances" in body) == ("inputs" in body):
+        raise InvalidInputError('send exactly one of "instances" (row format) or "inputs" (columnar format)')
+    row = "instances" in body
+    data = body["instances"] if row else body["inputs"]
+    if row and isinstance(data, list) and data and isinstance(data[0], dict):
+        data = [_named(inst, input_name) for inst in data]
+    elif not row and isinstance(data, dict):
+        data = _named(data, input_name)
+    if row and not isinstance(data, list):
+        raise InvalidInputError('"instances" must be a list of patches')
+    arr = _to_array(data)
+    # Our extension, as in OIP: "parameters": {"band_names": "B04,B03,B02", "units": "reflectance"}.
+    params = body.get("parameters")
+    if params is not None and not isinstance(params, dict):
+        raise InvalidInputError('"parameters" must be an object such as {"band_names": "B04,B03,B02"}')
+    return row, arr, params
+
+
 def _named(obj: Any, input_name: str) -> Any:
     if not isinstance(obj, dict) or input_name not in obj:
         raise InvalidInputError(f"named inputs must include {input_name!r}, the model's only input")
@@ -166,12 +177,7 @@ def _named(obj: Any, input_name: str) -> Any:
 
 
 def _to_array(data: Any) -> np.ndarray:
-    try:
-        arr = np.asarray(data, dtype=np.float32)
-    except (ValueError, TypeError):
-        raise InvalidInputError(
-            "instances must be numbers in nested lists of equal length, one patch per instance"
-        ) from None
+    arr = json_numbers(data, "FP32")
     if arr.ndim not in (3, 4):
         raise InvalidInputError(f"expected a batch of patches (4 dimensions), got {arr.ndim} dimension(s)")
     return arr

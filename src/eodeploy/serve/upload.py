@@ -9,11 +9,12 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from fastapi import APIRouter, Depends, Query, Request
-from starlette.datastructures import UploadFile
+from fastapi import APIRouter, Query, Request
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData, UploadFile
 from starlette.responses import JSONResponse
 
-from eodeploy.data.images import decode_image
+from eodeploy.data.images import ImageLimits, decode_image
 from eodeploy.errors import InvalidInputError, PayloadTooLargeError
 from eodeploy.package.spec import UNITS
 from eodeploy.serve.auth import require_inference
@@ -42,7 +43,6 @@ _UPLOAD_BODY = {
     "/predict",
     summary="Classify uploaded patches",
     openapi_extra=_UPLOAD_BODY,
-    dependencies=[Depends(require_inference)],
 )
 async def predict_upload(
     request: Request,
@@ -59,10 +59,24 @@ async def predict_upload(
         "(8-bit true colour: PNG/JPEG) or auto (guessed from type and range)",
     ),
 ) -> JSONResponse:
+    name = model or request.app.state.settings.default_model.split(":")[0]
+    async with request.app.state.inference.track(name, "upload"):
+        require_inference(request)  # inside: a refused key is counted like every 4xx
+        return await _predict(request, name, version, label, top_k, band_names, units)
+
+
+async def _predict(
+    request: Request,
+    name: str,
+    version: str | None,
+    label: str | None,
+    top_k: int,
+    band_names: str | None,
+    units: str,
+) -> JSONResponse:
     if units != "auto" and units not in UNITS:
         raise InvalidInputError(f"units must be one of auto, {', '.join(sorted(UNITS))}; got {units!r}")
     settings = request.app.state.settings
-    name = model or settings.default_model.split(":")[0]
     content_type = request.headers.get("content-type", "")
     if not content_type.startswith("multipart/form-data"):
         raise InvalidInputError(
@@ -74,16 +88,36 @@ async def predict_upload(
         raise
     except Exception as exc:  # python-multipart / starlette parse errors
         raise InvalidInputError(f"cannot read the multipart form ({exc})") from None
+    try:
+        return await _classify(request, form, name, version, label, top_k, band_names, units)
+    finally:
+        await form.close()  # the uploads' spooled temporary files
+
+
+async def _classify(
+    request: Request,
+    form: FormData,
+    name: str,
+    version: str | None,
+    label: str | None,
+    top_k: int,
+    band_names: str | None,
+    units: str,
+) -> JSONResponse:
+    settings = request.app.state.settings
     uploads = [f for key in ("image", "files") for f in form.getlist(key) if isinstance(f, UploadFile)]
     if not uploads:
         raise InvalidInputError('no file uploaded; send it in the form field "image" (or several in "files")')
     if len(uploads) > settings.max_request_patches:
         raise PayloadTooLargeError(f"{len(uploads)} files exceed the limit of {settings.max_request_patches}")
-    arrays, described = [], []
-    for f in uploads:
-        arr, names = decode_image(await f.read(), f.filename or "upload")
-        arrays.append(arr)
-        described.append(tuple(names) if names else None)
+    # Each header is checked against the model before any pixel is decoded, and decoding runs in
+    # a worker thread, never on the event loop.
+    spec = request.app.state.registry.resolve(name, version, label, request.headers.get("x-routing-key")).spec
+    limits = ImageLimits(shape=(spec.height, spec.width))
+    files = [(await f.read(), f.filename or "upload") for f in uploads]
+    decoded = await run_in_threadpool(lambda: [decode_image(data, fname, limits) for data, fname in files])
+    arrays = [arr for arr, _ in decoded]
+    described = [tuple(names) if names else None for _, names in decoded]
     if band_names:
         bands: list[str] | None = [b.strip() for b in band_names.split(",")]
     else:  # GeoTIFF band descriptions, when every file names its bands alike
