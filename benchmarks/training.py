@@ -55,6 +55,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--no-tta", dest="tta", action="store_false")
+    ap.add_argument("--threads", type=int, default=None, help="PyTorch threads (default: all cores)")
     ap.add_argument("--init-from", type=Path, help="package folder to start the network from")
     ap.add_argument("--folds-from", type=Path, help="k-fold over the patches in this package's test split")
     ap.add_argument(
@@ -69,6 +70,7 @@ def main() -> None:
     base = TrainConfig(
         arch=args.arch, epochs=args.epochs, patience=args.patience, refit=args.refit, tta=args.tta,
         batch_size=args.batch_size, lr=args.lr, init_from=str(args.init_from) if args.init_from else None,
+        threads=args.threads,
     )  # fmt: skip
     if base.init_from:
         from dataclasses import replace

@@ -540,3 +540,14 @@ def test_preview_axes_name_the_crs_and_unit() -> None:
 
     assert axis_labels(CRS.from_epsg(32629)) == ("easting (m), EPSG:32629", "northing (m), EPSG:32629")
     assert axis_labels(CRS.from_epsg(4326))[0] == "longitude (degrees), EPSG:4326"
+
+
+def test_scene_area_for_progress_is_geodesic(tmp_path: Path) -> None:
+    """A geographic (degrees) scene's area is not a product of pixel sizes: 0.0 km² before."""
+    from eodeploy.geo.predict import scene_km2
+    from eodeploy.geo.sources import open_scene
+
+    src = write_scene(tmp_path / "g.tif", scene_array(), crs="EPSG:4326", res=0.0001, origin=(120.0, 5.0))
+    scene = open_scene(src, BANDS)
+    # 200 x 150 px of 0.0001 degrees at 5 deg N: about 2.2 km x 1.66 km
+    assert scene_km2(scene) == pytest.approx(2.2 * 1.66, rel=0.02)

@@ -17,6 +17,7 @@ from eodeploy.geo.outputs import (
     CLASSES_TIF,
     CONFIDENCE_TIF,
     GeoTiffSink,
+    footprint,
     scene_times,
     to_cog,
     write_polygons,
@@ -95,6 +96,16 @@ def predict_scene(
 GDAL_CACHE_MB = 256
 
 
+def scene_km2(scene: Any) -> float:
+    """The scene's geodesic area in km² (a pixel-size product is wrong in degrees: a geographic
+    scene showed 0.0 km² on the progress bar)."""
+    from pyproj import Geod
+    from shapely.geometry import shape
+
+    area, _ = Geod(ellps="WGS84").geometry_area_perimeter(shape(footprint(scene)))
+    return abs(area) / 1e6
+
+
 def _predict_scene(
     package: ModelPackage | Predictor,
     source: str | Path | list[str | Path],
@@ -145,7 +156,7 @@ def _predict_scene(
     work = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
     work.mkdir()
     t0 = time.perf_counter()
-    km2 = abs(scene.transform.a * scene.transform.e) * scene.width * scene.height / 1e6  # for progress
+    km2 = scene_km2(scene)  # for progress
     try:
         sink = GeoTiffSink(work, scene, spec)
         try:

@@ -127,7 +127,10 @@ def train_package(
         ),
         "mlm:batch_size_suggestion": 64,
         "mlm:accelerator": None,
-        "mlm:hyperparameters": {k: v for k, v in asdict(config).items() if v is not None},
+        # init_from is a path on the training machine: the source is named in mlm:pretrained_source.
+        "mlm:hyperparameters": {
+            k: v for k, v in asdict(config).items() if v is not None and k != "init_from"
+        },
         "eodeploy:training": {
             "data": str(Path(data_dir).name),
             "data_files": len(data),
