@@ -64,17 +64,21 @@ def plot_series(data: dict[str, Any], path: str | Path) -> Path:
     path = Path(path)
     fig, ax = plt.subplots(figsize=(8, 4), dpi=120)
     obs = data["observations"]
+
+    def when(o: dict[str, Any]) -> Any:  # matplotlib's date units take datetimes; its stubs say float
+        return datetime.fromisoformat(o["datetime"][:-1])
+
     for version in sorted({o["model_version"] for o in obs}):
         ok = [o for o in obs if o["status"] == "ok" and o["model_version"] == version]
-        ax.plot([datetime.fromisoformat(o["datetime"][:-1]) for o in ok], [o["estimate_ha"] for o in ok],
+        ax.plot([when(o) for o in ok], [o["estimate_ha"] for o in ok],
                 marker="o", label=f"{data['target_class']} (model v{version})")  # fmt: skip
         alerts = [o for o in ok if o["alert_id"]]
-        ax.scatter([datetime.fromisoformat(o["datetime"][:-1]) for o in alerts], [o["estimate_ha"] for o in alerts],
+        ax.scatter([when(o) for o in alerts], [o["estimate_ha"] for o in alerts],
                    s=120, facecolors="none", edgecolors="red", linewidths=2, zorder=3,
                    label="alert" if alerts else None)  # fmt: skip
     cloudy = [o for o in obs if o["status"] == "cloudy"]
     for o in cloudy:
-        ax.axvline(datetime.fromisoformat(o["datetime"][:-1]), color="0.7", linestyle=":", linewidth=1)
+        ax.axvline(when(o), color="0.7", linestyle=":", linewidth=1)
     if cloudy:
         ax.plot([], [], color="0.7", linestyle=":", label="too cloudy (skipped)")
     ax.set_ylabel("hectares (cloud-filled estimate)")

@@ -262,9 +262,11 @@ def _run_leased(
             report.failures.append({"area": name, "scene": c.scene_id, "error": error})
             emit("scene_failed", {"area": name, "scene": c.scene_id, "error": error})
             continue
-        stored, alert = db.retrying(
-            lambda c=c, info=obs_info: _store(db, area_id, report.run_id, c, pkg, info, held)
-        )
+
+        def store(c: Any = c, info: Any = obs_info) -> Any:
+            return _store(db, area_id, report.run_id, c, pkg, info, held)
+
+        stored, alert = db.retrying(store)
         if stored is None:
             report.already += 1
             continue

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from alembic import context
-from sqlalchemy import create_engine
+from sqlalchemy import Connection, create_engine
 
 from eodeploy.monitor.db import Base
 
@@ -17,13 +17,15 @@ def run() -> None:
         url = context.get_x_argument(as_dictionary=True).get("url") or config.get_main_option(
             "sqlalchemy.url"
         )
+        if not url:
+            raise SystemExit("give the database: alembic -x url=sqlite:///eodeploy.db upgrade head")
         with create_engine(url).begin() as conn:
             _migrate(conn)
     else:
         _migrate(connection)
 
 
-def _migrate(connection: object) -> None:
+def _migrate(connection: Connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
