@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from conftest import SPECTRA, make_patch, reference_proba, require
+from conftest import SPECTRA, make_patch, reference_proba, require, wait_ready
 from eodeploy.cli.main import app
 from eodeploy.package import ModelRepository
 
@@ -95,6 +95,7 @@ def test_same_geotiff_same_class_by_every_path(
         model_repo=repo.root, grpc_port=0, poll_interval_s=0, intra_op_threads=1, monitor_api=False
     )
     with TestClient(create_app(cfg)) as client:
+        wait_ready(client)  # models load in the background after start-up
         r = client.post(
             "/predict", params={"model": "tiny"}, files={"image": ("p0.tif", tif.read_bytes(), "image/tiff")}
         )

@@ -88,11 +88,29 @@ def train_classifier(
 
     ``model`` continues from an existing network (fine-tuning after pruning) instead of a new one.
     """
-    from eodeploy.train.models import build_model
-
     if config.threads:
         torch.set_num_threads(config.threads)
-    torch.set_flush_denormal(True)  # tiny weights late in training slow CPUs tenfold otherwise
+    # Tiny weights late in training slow CPUs tenfold unless denormals are flushed; the setting is
+    # process-wide, so it is restored when training ends (other code in the process needs IEEE floats).
+    torch.set_flush_denormal(True)
+    try:
+        return _train(spec, x_train, y_train, x_val, y_val, config, on_epoch, model)
+    finally:
+        torch.set_flush_denormal(False)
+
+
+def _train(
+    spec: ModelSpec,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    config: TrainConfig,
+    on_epoch: Callable[[int, dict[str, float]], None] | None,
+    model: Any,
+) -> TrainResult:
+    from eodeploy.train.models import build_model
+
     torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
     # Training uses channels-first tensors; the exported model is NCHW.
