@@ -395,6 +395,36 @@ def _schemathesis(server: LiveServer, tmp_path: Path, *extra: str) -> str:
     return run.stdout
 
 
+def test_openapi_documents_real_request_bodies(server: LiveServer) -> None:
+    """Every request body has a schema with its fields (not a bare object), links for stateful tests."""
+    doc = requests.get(f"{server.http}/openapi.json").json()
+    paths = doc["paths"]
+
+    def body(path: str, kind: str = "application/json") -> dict:  # type: ignore[type-arg]
+        return paths[path]["post"]["requestBody"]["content"][kind]["schema"]  # type: ignore[no-any-return]
+
+    infer = body("/v2/models/{name}/infer")
+    tensor = infer["properties"]["inputs"]["items"]
+    assert tensor["required"] == ["name", "shape", "datatype"]
+    assert set(tensor["properties"]["datatype"]["enum"]) >= {"UINT8", "UINT16", "FP32"}
+    params = infer["properties"]["parameters"]["anyOf"][0]["properties"]
+    assert params["units"]["enum"] == ["auto", "dn", "reflectance", "rgb8"] and "band_names" in params
+    assert "classification" in json.dumps(infer["properties"]["outputs"])
+    predict = body("/v1/models/{name}:predict")
+    assert predict["oneOf"] == [{"required": ["instances"]}, {"required": ["inputs"]}]
+    assert predict["properties"]["signature_name"]["const"] == "serving_default"
+    assert "$ref" not in json.dumps([infer, predict])  # inlined: openapi_extra has no components
+    for op in ("load", "unload"):
+        assert body(f"/v2/repository/models/{{name}}/{op}")["type"] == "object"
+        links = paths[f"/v2/repository/models/{{name}}/{op}"]["post"]["responses"]["200"]["links"]
+        assert links["getV2ModelsNameReady"]["parameters"] == {"name": "$request.path.name"}
+    area_links = paths["/monitor/areas"]["post"]["responses"]["201"]["links"]
+    assert set(area_links) == {"getAreasName", "patchAreasName", "deleteAreasName", "getAreasNameSeries"}  # fmt: skip
+    assert "content" not in json.dumps(paths["/v2/health/live"]["get"]["responses"]["200"]).replace(
+        '"content": {}', ""
+    )
+
+
 def test_openapi_has_no_server_errors(own_server: LiveServer, tmp_path: Path) -> None:
     """Keys off: every documented operation, stateful phase included; no 5xx, responses as documented.
     Its own server: it calls the repository API (unload) and creates areas."""
