@@ -425,7 +425,7 @@ def test_openapi_documents_real_request_bodies(server: LiveServer) -> None:
     )
 
 
-def test_openapi_has_no_server_errors(own_server: LiveServer, tmp_path: Path) -> None:
+def test_schemathesis_keys_off_no_server_errors(own_server: LiveServer, tmp_path: Path) -> None:
     """Keys off: every documented operation, stateful phase included; no 5xx, responses as documented.
     Its own server: it calls the repository API (unload) and creates areas."""
     require("schemathesis")
@@ -434,7 +434,7 @@ def test_openapi_has_no_server_errors(own_server: LiveServer, tmp_path: Path) ->
     assert passed and int(passed.group(2)) > 150, out[-3000:]
 
 
-def test_openapi_with_api_keys(tmp_path: Path) -> None:
+def test_schemathesis_keys_on_and_401_without_key(tmp_path: Path) -> None:
     """Keys on (inference too): with the key, the same run as above; without it, every protected
     operation answers 401 (not 5xx, not 200), and only health and metadata stay open."""
     require("schemathesis")

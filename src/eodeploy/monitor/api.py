@@ -23,7 +23,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import Response
 
-from eodeploy.errors import ConflictError, DatabaseUnavailableError, EodeployError, NotFoundError
+from eodeploy.errors import (
+    ConflictError,
+    DatabaseUnavailableError,
+    EodeployError,
+    InvalidInputError,
+    NotFoundError,
+)
 from eodeploy.monitor.alerts import acknowledge, alert_dict
 from eodeploy.monitor.areas import (
     AreaSpec,
@@ -76,10 +82,23 @@ class _MaskedErrors(APIRoute):
         return masked
 
 
+async def _no_nul(request: Request) -> None:
+    """NUL characters are refused (400) in paths, queries and bodies: PostgreSQL text cannot hold
+    them, and the driver's DataError would otherwise read as the database being unusable (503).
+    JSON can carry one only escaped, so the raw body is searched for the escape."""
+    query = request.query_params.multi_items()
+    if (
+        "\x00" in request.scope["path"]
+        or any("\x00" in k or "\x00" in v for k, v in query)
+        or b"\\u0000" in await request.body()
+    ):
+        raise InvalidInputError("NUL characters (\\u0000) are not accepted in monitoring requests")
+
+
 router = APIRouter(
     prefix="/monitor",
     tags=["Monitoring"],
-    dependencies=[Depends(require_admin)],
+    dependencies=[Depends(require_admin), Depends(_no_nul)],
     lifespan=_lifespan,
     route_class=_MaskedErrors,
 )
