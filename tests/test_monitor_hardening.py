@@ -517,3 +517,69 @@ def test_stac_items_cannot_reach_outside_their_folder_or_private_networks(
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_webhook_host_no_dns_name_can_be_is_400_not_500(
+    repo: ModelRepository, tmp_path: Path, db_url: str
+) -> None:
+    """Found by schemathesis: a host with characters IDNA refuses made the resolver raise
+    UnicodeError inside the URL guard, and PATCH/POST /monitor/areas answered 500."""
+    from fastapi.testclient import TestClient
+
+    from eodeploy.serve.app import create_app
+
+    cfg = settings(tmp_path, repo, db_url, grpc_port=0)
+    bad = "https://qq\u00c6\u001e\u00c0f.w\u0086/hook"
+    with TestClient(create_app(cfg, grpc=False)) as client:
+        body = spec(tmp_path).model_dump(mode="json")
+        assert client.post("/monitor/areas", json=body).status_code == 201
+        r = client.patch("/monitor/areas/square", json={"webhook_url": bad})
+        assert r.status_code == 400 and "no valid host name" in r.json()["error"], r.text
+        r = client.post("/monitor/areas", json={**body, "name": "other", "webhook_url": bad})
+        assert r.status_code == 400 and "no valid host name" in r.json()["error"], r.text
+
+
+def test_ids_past_the_integer_columns_are_400_not_500(
+    repo: ModelRepository, tmp_path: Path, db_url: str
+) -> None:
+    """Found by schemathesis: GET /monitor/runs/{id} and POST /monitor/alerts/{id}/ack with an id
+    past 2**63-1 overflowed in SQLite's driver (500), past 2**31-1 in PostgreSQL ("integer out of
+    range", 503); ids are INTEGER columns, so a larger one is refused as a bad request."""
+    from fastapi.testclient import TestClient
+
+    from eodeploy.serve.app import create_app
+
+    cfg = settings(tmp_path, repo, db_url, grpc_port=0)
+    with TestClient(create_app(cfg, grpc=False)) as client:
+        for big in (2**31, 2**63, 2**65 + 1):
+            for r in (client.get(f"/monitor/runs/{big}"), client.post(f"/monitor/alerts/{big}/ack")):
+                assert r.status_code == 400 and "less than or equal" in r.json()["error"], r.text
+        assert client.get(f"/monitor/runs/{2**31 - 1}").status_code == 404
+        assert client.post(f"/monitor/alerts/{2**31 - 1}/ack").status_code == 404
+
+
+def test_nul_characters_are_400_not_a_database_outage(
+    repo: ModelRepository, tmp_path: Path, db_url: str
+) -> None:
+    """Found probing what schemathesis generates: on PostgreSQL a NUL in an area name, a query or a
+    body string made the driver's DataError read as "the database cannot be used" (503)."""
+    from fastapi.testclient import TestClient
+
+    from eodeploy.serve.app import create_app
+
+    cfg = settings(tmp_path, repo, db_url, grpc_port=0)
+    body = spec(tmp_path).model_dump(mode="json")
+    with TestClient(create_app(cfg, grpc=False)) as client:
+        assert client.post("/monitor/areas", json=body).status_code == 201
+        for r in (
+            client.get("/monitor/areas/a%00b"),
+            client.get("/monitor/areas/a%00b/series"),
+            client.delete("/monitor/areas/a%00b"),
+            client.patch("/monitor/areas/a%00b", json={"active": True}),
+            client.get("/monitor/alerts", params={"area": "a\x00b"}),
+            client.post("/monitor/runs", json={"area": "a\x00b"}),
+            client.patch("/monitor/areas/square", json={"emails": ["a\x00b@example.org"]}),
+            client.post("/monitor/areas", json={**body, "name": "other", "emails": ["a\x00b@example.org"]}),
+        ):
+            assert r.status_code == 400 and "NUL" in r.json()["error"], (r.request.url, r.text)
+        assert client.get("/monitor/areas/square").status_code == 200

@@ -10,19 +10,26 @@ so database work never blocks inference.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Path, Query
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import Response
 
-from eodeploy.errors import ConflictError, DatabaseUnavailableError, EodeployError, NotFoundError
+from eodeploy.errors import (
+    ConflictError,
+    DatabaseUnavailableError,
+    EodeployError,
+    InvalidInputError,
+    NotFoundError,
+)
 from eodeploy.monitor.alerts import acknowledge, alert_dict
 from eodeploy.monitor.areas import (
     AreaSpec,
@@ -75,18 +82,70 @@ class _MaskedErrors(APIRoute):
         return masked
 
 
+async def _no_nul(request: Request) -> None:
+    """NUL characters are refused (400) in paths, queries and bodies: PostgreSQL text cannot hold
+    them, and the driver's DataError would otherwise read as the database being unusable (503).
+    JSON can carry one only escaped, so the raw body is searched for the escape."""
+    query = request.query_params.multi_items()
+    if (
+        "\x00" in request.scope["path"]
+        or any("\x00" in k or "\x00" in v for k, v in query)
+        or b"\\u0000" in await request.body()
+    ):
+        raise InvalidInputError("NUL characters (\\u0000) are not accepted in monitoring requests")
+
+
 router = APIRouter(
     prefix="/monitor",
     tags=["Monitoring"],
-    dependencies=[Depends(require_admin)],
+    dependencies=[Depends(require_admin), Depends(_no_nul)],
     lifespan=_lifespan,
     route_class=_MaskedErrors,
 )
 
 
+def _link_name(method: str, path: str) -> str:
+    """``getAreasName`` for GET /areas/{name}: link names allow letters, digits, '.', '-', '_'."""
+    words = re.findall(r"[A-Za-z0-9]+", path)
+    return method + "".join(w[:1].upper() + w[1:] for w in words)
+
+
+def _ref(path: str, method: str) -> str:
+    """An OpenAPI ``operationRef`` to one of these operations (for response ``links``)."""
+    return "#/paths/" + ("/monitor" + path).replace("~", "~0").replace("/", "~1") + "/" + method
+
+
+def _links(value: str, param: str, *targets: tuple[str, str]) -> dict[str, Any]:
+    """Response ``links`` from a created resource to the operations on it (stateful API tests)."""
+    return {
+        _link_name(method, path): {
+            "operationRef": _ref(path, method),
+            "parameters": {param: value},
+        }
+        for path, method in targets
+    }
+
+
+_AREA_LINKS = _links(
+    "$response.body#/area/name",
+    "name",
+    ("/areas/{name}", "get"),
+    ("/areas/{name}", "patch"),
+    ("/areas/{name}", "delete"),
+    ("/areas/{name}/series", "get"),
+)
+_RUN_LINKS = _links("$response.body#/run_id", "run_id", ("/runs/{run_id}", "get"))
+
+
 def _respond(content: Any, status_code: int = 200) -> Response:
     return json_response(public(content), status_code)
 
+
+# Ids are INTEGER columns (32-bit on PostgreSQL, 64-bit in SQLite): a larger one is a 400 here, not
+# an overflow in the driver (500 from SQLite, "integer out of range" as 503 from PostgreSQL).
+_ID_MAX = 2**31 - 1
+RunId = Annotated[int, Path(ge=1, le=_ID_MAX, description="a run id from GET /monitor/runs")]
+AlertId = Annotated[int, Path(ge=1, le=_ID_MAX, description="an alert id from GET /monitor/alerts")]
 
 _opening = threading.Lock()  # request threads and metrics scrapes may ask at the same moment
 
@@ -108,9 +167,12 @@ def _db(request: Request) -> Database:
 def _check_webhook(request: Request, url: str | None) -> None:
     """A webhook the URL guard would refuse at delivery is refused now, with the reason (400)."""
     if url:
-        from eodeploy.netguard import URLPolicy, check_url
+        from eodeploy.netguard import BlockedURLError, URLPolicy, check_url
 
-        check_url(url, URLPolicy.from_settings(request.app.state.settings))
+        try:
+            check_url(url, URLPolicy.from_settings(request.app.state.settings))
+        except UnicodeError as exc:  # the resolver's IDNA encoding of a host no DNS name can be
+            raise BlockedURLError(f"webhook_url has no valid host name ({exc})") from None
 
 
 @router.get("/areas", summary="List areas of interest")
@@ -123,7 +185,15 @@ def areas(request: Request) -> Response:
         return _respond([area_dict(a) for a in s.scalars(select(Area).order_by(Area.name))])
 
 
-@router.post("/areas", summary="Add an area of interest", status_code=201)
+@router.post(
+    "/areas",
+    summary="Add an area of interest",
+    status_code=201,
+    responses={
+        201: {"description": "Added", "links": _AREA_LINKS},
+        200: {"description": "Replaced (replace=true)", "links": _AREA_LINKS},
+    },
+)
 def create_area(
     request: Request,
     spec: AreaSpec,
@@ -172,7 +242,12 @@ class RunRequest(BaseModel):
     date: datetime | None = Field(default=None, description="take scenes acquired up to then (UTC)")
 
 
-@router.post("/runs", summary="Start a monitoring run in the background", status_code=202)
+@router.post(
+    "/runs",
+    summary="Start a monitoring run in the background",
+    status_code=202,
+    responses={202: {"description": "Started", "links": _RUN_LINKS}},
+)
 def start_run(request: Request, body: RunRequest | None = None) -> Response:
     """One pass, as ``eodeploy monitor run``, on a background thread of this server (it shares the
     CPU with inference: schedule heavy monitoring as its own job). One at a time per server; poll
@@ -217,7 +292,7 @@ def start_run(request: Request, body: RunRequest | None = None) -> Response:
 
 
 @router.get("/runs/{run_id}", summary="One monitoring run")
-def read_run(request: Request, run_id: int) -> Response:
+def read_run(request: Request, run_id: RunId) -> Response:
     from eodeploy.monitor.db import Run
     from eodeploy.monitor.report import run_dict
 
@@ -246,6 +321,6 @@ def alerts(
 
 
 @router.post("/alerts/{alert_id}/ack", summary="Acknowledge an alert")
-def ack(request: Request, alert_id: int, by: str | None = Query(None, max_length=200)) -> Response:
+def ack(request: Request, alert_id: AlertId, by: str | None = Query(None, max_length=200)) -> Response:
     with _db(request).session() as s:
         return _respond(alert_dict(acknowledge(s, alert_id, by)))

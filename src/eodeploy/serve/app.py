@@ -104,7 +104,13 @@ def create_app(settings: Settings | None = None, grpc: bool = True) -> FastAPI:
         app.include_router(monitor_router)
         metrics.registry.register(MonitorCollector(lambda: app_database(app.state)))
 
-    @app.get("/metrics", tags=["Operations"], summary="Prometheus metrics")
+    @app.get(
+        "/metrics",
+        tags=["Operations"],
+        summary="Prometheus metrics",
+        response_class=Response,
+        responses={200: {"description": "Prometheus text format", "content": {"text/plain": {}}}},
+    )
     async def prometheus_metrics(request: Request) -> Response:
         # In the thread pool: the monitoring collector reads the database.
         body = await run_in_threadpool(generate_latest, request.app.state.metrics.registry)

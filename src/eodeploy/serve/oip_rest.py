@@ -3,6 +3,7 @@ model-repository extensions."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
@@ -23,6 +24,7 @@ from eodeploy.serve.oip import (
     model_metadata,
     units_param,
 )
+from eodeploy.serve.schemas import InferenceRequest, RepositoryIndexRequest, RepositoryModelRequest, json_body
 from eodeploy.serve.tensors import check_shape, from_bytes, from_json
 
 router = APIRouter(tags=["Open Inference Protocol v2"])
@@ -34,12 +36,20 @@ async def server_metadata() -> Response:
     return json_response({"name": SERVER_NAME, "version": __version__, "extensions": EXTENSIONS})
 
 
-@router.get("/v2/health/live", summary="Server live")
+_NO_BODY: dict[int | str, dict[str, Any]] = {200: {"description": "Yes (empty body)", "content": {}}}
+
+
+@router.get("/v2/health/live", summary="Server live", response_class=Response, responses=_NO_BODY)
 async def live() -> Response:
     return Response(status_code=200)
 
 
-@router.get("/v2/health/ready", summary="Server ready: 200 once every model is loaded and warmed up")
+@router.get(
+    "/v2/health/ready",
+    summary="Server ready: 200 once every model is loaded and warmed up",
+    response_class=Response,
+    responses={**_NO_BODY, 503: {"description": "Not yet (empty body)", "content": {}}},
+)
 async def ready(request: Request) -> Response:
     return Response(status_code=200 if request.app.state.registry.ready else 503)
 
@@ -63,49 +73,27 @@ async def config(request: Request, name: str, version: str | None = None) -> Res
     )
 
 
-@router.get("/v2/models/{name}/ready", summary="Model ready")
-@router.get("/v2/models/{name}/versions/{version}/ready", summary="Model version ready")
+@router.get("/v2/models/{name}/ready", summary="Model ready", response_class=Response, responses=_NO_BODY)
+@router.get(
+    "/v2/models/{name}/versions/{version}/ready",
+    summary="Model version ready",
+    response_class=Response,
+    responses=_NO_BODY,
+)
 async def model_ready(request: Request, name: str, version: str | None = None) -> Response:
     request.app.state.registry.resolve(name, version)  # raises 404 / 503 when not ready
     return Response(status_code=200)
 
 
-_INFER_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {
-                "schema": {
-                    "type": "object",
-                    "required": ["inputs"],
-                    "properties": {
-                        "id": {"type": "string"},
-                        "parameters": {"type": "object"},
-                        "inputs": {
-                            "type": "array",
-                            "items": {
-                                "type": "object",
-                                "required": ["name", "shape", "datatype"],
-                                "properties": {
-                                    "name": {"type": "string"},
-                                    "shape": {"type": "array", "items": {"type": "integer"}},
-                                    "datatype": {"type": "string"},
-                                    "parameters": {"type": "object"},
-                                    "data": {"type": "array"},
-                                },
-                            },
-                        },
-                        "outputs": {"type": "array", "items": {"type": "object"}},
-                    },
-                }
-            },
-            "application/octet-stream": {
-                "schema": {"type": "string", "format": "binary"},
-                "description": "JSON header followed by raw tensors; header length in Inference-Header-Content-Length",
-            },
-        },
-    }
-}
+_INFER_BODY = json_body(
+    InferenceRequest,
+    other_content={
+        "application/octet-stream": {
+            "schema": {"type": "string", "format": "binary"},
+            "description": "JSON header followed by raw tensors; header length in Inference-Header-Content-Length",
+        }
+    },
+)
 
 
 @router.post(
@@ -243,7 +231,43 @@ async def _run(
 
 
 # --- model repository extension (admin) --------------------------------------------------------
-@router.post("/v2/repository/index", summary="Repository index", dependencies=[Depends(require_admin)])
+def _link_name(method: str, path: str) -> str:
+    """``getAreasName`` for GET /areas/{name}: link names allow letters, digits, '.', '-', '_'."""
+    words = re.findall(r"[A-Za-z0-9]+", path)
+    return method + "".join(w[:1].upper() + w[1:] for w in words)
+
+
+def _ref(path: str, method: str) -> str:
+    """An OpenAPI ``operationRef`` to one of this server's operations (for response ``links``)."""
+    return "#/paths/" + path.replace("~", "~0").replace("/", "~1") + "/" + method
+
+
+def _model_links(*targets: tuple[str, str]) -> dict[int | str, dict[str, Any]]:
+    """Links from a repository call on ``{name}`` to what a client checks next (stateful tests)."""
+    links = {
+        _link_name(method, path): {
+            "operationRef": _ref(path, method),
+            "parameters": {"name": "$request.path.name"},
+        }
+        for path, method in targets
+    }
+    return {200: {"description": "Done", "links": links}}
+
+
+_AFTER_LOAD_OR_UNLOAD = _model_links(
+    ("/v2/models/{name}/ready", "get"),
+    ("/v2/models/{name}", "get"),
+    ("/v1/models/{name}", "get"),
+    ("/v2/models/{name}/infer", "post"),
+)
+
+
+@router.post(
+    "/v2/repository/index",
+    summary="Repository index",
+    dependencies=[Depends(require_admin)],
+    openapi_extra=json_body(RepositoryIndexRequest, required=False),
+)
 async def repository_index(request: Request) -> Response:
     body = await request.body()
     only_ready = False
@@ -263,6 +287,8 @@ async def repository_index(request: Request) -> Response:
     "/v2/repository/models/{name}/load",
     summary="Load or reload a model",
     dependencies=[Depends(require_admin)],
+    openapi_extra=json_body(RepositoryModelRequest, required=False),
+    responses=_AFTER_LOAD_OR_UNLOAD,
 )
 async def repository_load(request: Request, name: str) -> Response:
     await request.app.state.registry.load(name)
@@ -270,7 +296,11 @@ async def repository_load(request: Request, name: str) -> Response:
 
 
 @router.post(
-    "/v2/repository/models/{name}/unload", summary="Unload a model", dependencies=[Depends(require_admin)]
+    "/v2/repository/models/{name}/unload",
+    summary="Unload a model",
+    dependencies=[Depends(require_admin)],
+    openapi_extra=json_body(RepositoryModelRequest, required=False),
+    responses=_AFTER_LOAD_OR_UNLOAD,
 )
 async def repository_unload(request: Request, name: str) -> Response:
     await request.app.state.registry.unload(name)

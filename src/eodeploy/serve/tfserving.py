@@ -15,6 +15,7 @@ from eodeploy.serve.auth import require_inference
 from eodeploy.serve.errors import json_response
 from eodeploy.serve.oip import band_names_param, units_param
 from eodeploy.serve.registry import ServedModel
+from eodeploy.serve.schemas import PredictRequest, json_body
 from eodeploy.serve.tensors import json_numbers
 
 router = APIRouter(tags=["TensorFlow Serving REST"])
@@ -78,23 +79,7 @@ async def model_metadata(
     )
 
 
-_PREDICT_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {
-                "schema": {
-                    "type": "object",
-                    "properties": {
-                        "signature_name": {"type": "string"},
-                        "instances": {"type": "array"},
-                        "inputs": {},
-                    },
-                }
-            }
-        },
-    }
-}
+_PREDICT_BODY = json_body(PredictRequest)
 
 
 @router.post(
