@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -274,6 +275,18 @@ def test_database_lost_mid_run_loses_nothing(
         with admin.connect() as c:
             c.execute(text(f"ALTER DATABASE {name} ALLOW_CONNECTIONS true"))
 
+    class AllowOnRetry(logging.Handler):
+        """The outage ends once the run has met it (its first retry is logged), however slow the
+        machine: a fixed 0.8 s window could end before the run next touched the database."""
+
+        def emit(self, record: logging.LogRecord) -> None:
+            if "retrying" in record.getMessage():
+                allow()
+
+    handler = AllowOnRetry()
+    logging.getLogger("eodeploy").addHandler(handler)
+    safety = threading.Timer(30, allow)
+
     def brief_outage(kind: str, info: dict[str, Any]) -> None:
         if kind == "scene":
             with admin.connect() as c:
@@ -281,11 +294,13 @@ def test_database_lost_mid_run_loses_nothing(
                 c.execute(
                     text(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'")
                 )
-            threading.Timer(0.8, allow).start()
+            safety.start()  # ends the outage in any case
 
     try:
         report = run_monitoring(db, cfg, force=True, on_event=brief_outage)
     finally:
+        logging.getLogger("eodeploy").removeHandler(handler)
+        safety.cancel()
         allow()
         admin.dispose()
     assert (report.stored, report.already, report.failures) == (1, 3, [])
