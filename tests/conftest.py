@@ -153,6 +153,21 @@ def make_repo(root: Path, versions: int = 1) -> ModelRepository:
     return repo
 
 
+def fuzz_settings(repo_root: Path) -> Any:
+    """The app the property-based tests and the atheris harness fuzz: no gRPC, no polling, one
+    ONNX thread, 1 MiB bodies, no monitoring."""
+    from eodeploy.settings import Settings
+
+    return Settings(
+        model_repo=repo_root,
+        grpc_port=0,
+        poll_interval_s=0,
+        intra_op_threads=1,
+        max_body_mib=1,
+        monitor_api=False,
+    )
+
+
 def wait_ready(client: Any, timeout_s: float = 60) -> None:
     """Models load in the background after start-up: wait for readiness (or for the initial load
     to end with nothing ready, when a test loads broken models on purpose)."""

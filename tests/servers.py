@@ -33,6 +33,16 @@ class LiveServer:
         return self.http.removeprefix("http://")
 
 
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL if the process has not exited after 15 s."""
+    proc.terminate()
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 @contextmanager
 def live_server(repo: Path, log: Path, **env: str) -> Iterator[LiveServer]:
     port, grpc_port = free_port(), free_port()
@@ -69,8 +79,4 @@ def live_server(repo: Path, log: Path, **env: str) -> Iterator[LiveServer]:
             time.sleep(0.2)
         yield server
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from conftest import require
 from eodeploy.cli.main import app
 from eodeploy.package import ModelRepository
-from servers import free_port
+from servers import free_port, stop
 
 
 def _serve(repo: Path, log: Path, *args: str, **env: str) -> tuple[int | None, str]:
@@ -51,11 +51,7 @@ def _serve(repo: Path, log: Path, *args: str, **env: str) -> tuple[int | None, s
             time.sleep(0.2)
         return -1, log.read_text() + "\n(not ready after 60 s)"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
 
 
 @pytest.mark.serve

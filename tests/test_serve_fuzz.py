@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from conftest import make_repo, require, wait_ready
+from conftest import fuzz_settings, make_repo, require, wait_ready
 
 hypothesis = require("hypothesis")
 require("fastapi")
@@ -41,17 +41,9 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     from fastapi.testclient import TestClient
 
     from eodeploy.serve import create_app
-    from eodeploy.settings import Settings
 
     repo = make_repo(tmp_path_factory.mktemp("fuzz"))
-    cfg = Settings(
-        model_repo=repo.root,
-        grpc_port=0,
-        poll_interval_s=0,
-        intra_op_threads=1,
-        max_body_mib=1,
-        monitor_api=False,
-    )
+    cfg = fuzz_settings(repo.root)
     with TestClient(create_app(cfg), raise_server_exceptions=False) as c:
         wait_ready(c)
         yield c

@@ -30,8 +30,7 @@ with atheris.instrument_imports():
 
 from fastapi.testclient import TestClient  # noqa: E402
 
-from conftest import make_repo, wait_ready  # noqa: E402
-from eodeploy.settings import Settings  # noqa: E402
+from conftest import fuzz_settings, make_repo, wait_ready  # noqa: E402
 
 MAGIC = [b"II*\x00", b"MM\x00*", b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"\x93NUMPY", b""]
 client: Any = None
@@ -71,14 +70,7 @@ def one_input(data: bytes) -> None:
 def main() -> None:
     global client
     repo = make_repo(Path(tempfile.mkdtemp(prefix="eodeploy-fuzz-")))
-    cfg = Settings(
-        model_repo=repo.root,
-        grpc_port=0,
-        poll_interval_s=0,
-        intra_op_threads=1,
-        max_body_mib=1,
-        monitor_api=False,
-    )
+    cfg = fuzz_settings(repo.root)
     with TestClient(create_app(cfg), raise_server_exceptions=False) as c:
         wait_ready(c)
         client = c
