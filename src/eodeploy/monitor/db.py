@@ -7,6 +7,7 @@ database holds them; nothing here needs PostGIS.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -211,7 +212,18 @@ def make_engine(url: str, busy_timeout_s: float = 30.0) -> Engine:
             dbapi_conn.isolation_level = None  # transactions are begun below, not by the driver
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute("PRAGMA journal_mode=WAL")
+            # Switching a new file to WAL needs it to itself, and SQLite answers "database is
+            # locked" at once instead of waiting (the busy timeout does not apply): wait here,
+            # within the busy timeout, while another process creates or migrates the file.
+            deadline = time.monotonic() + busy_timeout_s
+            while True:
+                try:
+                    cur.execute("PRAGMA journal_mode=WAL")
+                    break
+                except sqlite3.OperationalError as exc:
+                    if "locked" not in str(exc) or time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.05)
             cur.close()
 
         @event.listens_for(engine, "begin")
