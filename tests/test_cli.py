@@ -90,7 +90,16 @@ def test_train_evaluate_export(eurosat_dir: Path, tmp_path: Path) -> None:
         and "dims: [ 13, 64, 64 ]" in config
         and "max_batch_size: 64" in config
     )
-    assert (out / "tiny-cnn" / "1" / "model.onnx").read_bytes() == pkg.model_path.read_bytes()
+    assert 'name: "raw_bands"' in config and 'name: "probabilities"' in config
+    # the exported graph holds the package's preprocessing: raw patches in, the predictor's output out
+    from eodeploy.package.fused import fused_session
+    from eodeploy.runtime import Predictor
+
+    data = load_patch_folder(eurosat_dir)
+    raw = data.images[:6].astype(np.float32)
+    session = fused_session((out / "tiny-cnn" / "1" / "model.onnx").read_bytes())
+    got = session.run(["probabilities"], {"raw_bands": raw})[0]
+    np.testing.assert_allclose(got, Predictor(pkg).predict_proba(raw), atol=1e-5)
     assert (out / "tiny-cnn" / "labels.txt").read_text().split() == CLASSES
 
 

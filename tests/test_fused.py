@@ -10,9 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import BIAS, SHARED, WEIGHTS, linear_onnx, linear_spec, reference_proba, require
+from conftest import BIAS, CLASSES, SHARED, WEIGHTS, linear_onnx, linear_spec, reference_proba, require
 from eodeploy.data.images import read_image
+from eodeploy.errors import PackageIntegrityError
 from eodeploy.package import ModelPackage, ModelRepository
+from eodeploy.package.export import export_triton
 from eodeploy.package.fused import (
     PROBABILITIES,
     RAW_INPUT,
@@ -21,6 +23,7 @@ from eodeploy.package.fused import (
     build_fused,
     check_fused,
     check_inputs,
+    clear_cache,
     fused_model,
     fused_model_bytes,
     fused_session,
@@ -243,3 +246,83 @@ def test_fused_bytes_are_built_once_per_version(tmp_path: Path) -> None:
     assert b is not a and b != a
     x = _wide_inputs(2)
     np.testing.assert_allclose(run_fused(a, x), reference_proba(x), atol=1e-5)
+
+
+def test_triton_export_ships_the_fused_graph(tmp_path: Path, raw_patches: np.ndarray) -> None:
+    from google.protobuf import text_format
+
+    model_config_pb2 = require("tritonclient.grpc.model_config_pb2")
+    repo = ModelRepository(tmp_path / "m")
+    pkg = _add(repo, linear_onnx(WEIGHTS, BIAS))
+    folder = export_triton(pkg, tmp_path / "triton")
+    cfg = text_format.Parse((folder / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    assert cfg.max_batch_size == 64 and cfg.backend == "onnxruntime"
+    assert [(i.name, list(i.dims)) for i in cfg.input] == [(RAW_INPUT, [13, 64, 64])]
+    assert [(o.name, list(o.dims), o.label_filename) for o in cfg.output] == [
+        (PROBABILITIES, [3], "labels.txt")
+    ]
+    assert "raw band values" in cfg.parameters["eodeploy_preprocessing"].string_value
+    assert cfg.parameters["eodeploy_bands"].string_value == ",".join(pkg.spec.bands)
+    assert (folder / "labels.txt").read_text().split() == CLASSES
+    assert (folder / "item-v1.json").read_bytes() == (pkg.path / "item.json").read_bytes()
+    exported = (folder / "1" / "model.onnx").read_bytes()
+    # Triton clients now send raw values: the exported graph alone gives the right probabilities
+    np.testing.assert_allclose(run_fused(exported, raw_patches), reference_proba(raw_patches), atol=1e-5)
+
+    model = onnx.load_from_string(linear_onnx(WEIGHTS, BIAS))
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1
+    fixed = _add(repo, model.SerializeToString(), properties={"eodeploy:fixed_batch_size": 1})
+    cfg = text_format.Parse(
+        (export_triton(fixed, tmp_path / "triton") / "config.pbtxt").read_text(),
+        model_config_pb2.ModelConfig(),
+    )
+    assert cfg.max_batch_size == 0 and list(cfg.input[0].dims) == [1, 13, 64, 64]
+    assert list(cfg.output[0].dims) == [1, 3]
+
+
+def test_triton_export_refuses_a_damaged_package(tmp_path: Path) -> None:
+    clear_cache()  # cached bytes are those of the verified file (another test's twin of this package)
+    repo = ModelRepository(tmp_path / "m")
+    pkg = _add(repo, linear_onnx(WEIGHTS, BIAS))
+    pkg.model_path.write_bytes(linear_onnx(-WEIGHTS, BIAS))
+    with pytest.raises(PackageIntegrityError, match="sha256"):
+        export_triton(pkg, tmp_path / "triton")
+    with pytest.raises(PackageIntegrityError, match="sha256"):
+        fused_model_bytes(pkg)
+    assert not (tmp_path / "triton").exists()
+
+
+@pytest.mark.slow
+def test_keras_imported_channels_last_package(tmp_path: Path) -> None:
+    """The guide's kind of model (Keras 3, NHWC) outputting logits, imported through tf2onnx: raw
+    NCHW values in, the Keras model's softmax out, with no eodeploy code in the reference."""
+    from eodeploy.package.importers import ImportOptions, import_model
+
+    keras = require("keras")
+    keras.utils.set_random_seed(0)
+    net = keras.Sequential(
+        [
+            keras.Input((64, 64, 13)),
+            keras.layers.Conv2D(8, 3, activation="relu"),
+            keras.layers.MaxPooling2D(4),
+            keras.layers.Conv2D(8, 3, activation="relu"),
+            keras.layers.Flatten(),  # position-dependent: a height/width mix-up changes the output
+            keras.layers.Dense(10),
+        ]
+    )
+    net.save(tmp_path / "logits.keras")
+    scaling = [{"type": "scale", "value": 10000.0}]
+    pkg = import_model(
+        tmp_path / "logits.keras",
+        "keras-logits",
+        ModelRepository(tmp_path / "r"),
+        ImportOptions(value_scaling=scaling),
+    )
+    assert pkg.spec.layout == "NHWC" and pkg.spec.output_kind == "logits"
+    fused = fused_model(pkg)
+    x = np.random.default_rng(3).integers(1, 5000, (4, 13, 64, 64)).astype(np.float32)
+    logits = np.asarray(net((x / 10000.0).transpose(0, 2, 3, 1), training=False), np.float64)
+    e = np.exp(logits - logits.max(1, keepdims=True))
+    got = run_fused(fused, x)
+    np.testing.assert_allclose(got, e / e.sum(1, keepdims=True), atol=1e-5)
+    assert np.abs(got - Predictor(pkg).predict_proba(x)).max() <= TOLERANCE

@@ -266,7 +266,7 @@ def export(
     pkg = open_package(package, repo_path(repo))
     if format == "triton":
         folder = export_triton(pkg, out or Path("triton-models"), max_batch_size=max_batch_size)
-        console.print(f"wrote Triton model {folder}")
+        console.print(f"wrote Triton model {folder} (preprocessing in the graph: send raw band values)")
         return
     if format != "tflite":
         raise EodeployError(f"unknown export format {format!r}; supported: triton, tflite")
