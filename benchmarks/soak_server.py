@@ -44,15 +44,15 @@ class KeepBodies:
 
 
 def main() -> None:
-    import eodeploy.serve as serve
+    import eodeploy.web.app as web_app
 
     nbytes = int(os.environ.get("SOAK_LEAK_BYTES", "16384"))
-    real_create_app = serve.create_app
+    real_create_app = web_app.create_app
 
     def leaking_create_app(*args: Any, **kwargs: Any) -> Any:
         return KeepBodies(real_create_app(*args, **kwargs), nbytes)
 
-    serve.create_app = leaking_create_app  # the serve command imports it from here when it runs
+    web_app.create_app = leaking_create_app  # the serve command imports it from here when it runs
     from eodeploy.cli.main import main as cli
 
     sys.argv = ["eodeploy", "serve", *sys.argv[1:]]

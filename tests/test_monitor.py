@@ -469,7 +469,7 @@ def test_database_down_fails_cleanly(repo: ModelRepository, tmp_path: Path) -> N
     from fastapi.testclient import TestClient
 
     from conftest import wait_ready
-    from eodeploy.serve.app import create_app
+    from eodeploy.web.app import create_app
 
     cfg = Settings(model_repo=repo.root, database_url=down, grpc_port=0, poll_interval_s=0)
     with TestClient(create_app(cfg, grpc=False)) as client:
@@ -498,7 +498,7 @@ def test_migrations_match_the_models(db_url: str) -> None:
 def test_rest_api(repo: ModelRepository, tmp_path: Path, db_url: str) -> None:
     from fastapi.testclient import TestClient
 
-    from eodeploy.serve.app import create_app
+    from eodeploy.web.app import create_app
 
     folder = tmp_path / "inbox"
     folder.mkdir()

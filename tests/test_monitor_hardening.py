@@ -163,7 +163,7 @@ def test_metrics_survive_a_database_that_is_not_ours(repo: ModelRepository, tmp_
     the rest of /metrics, inference and the API's clear 503 stay."""
     from fastapi.testclient import TestClient
 
-    from eodeploy.serve.app import create_app
+    from eodeploy.web.app import create_app
 
     bad = tmp_path / "not-a-db.sqlite"
     bad.write_bytes(b"this is not a SQLite file" * 100)
@@ -341,7 +341,7 @@ def test_monitoring_responses_mask_secrets_and_server_paths(
     from fastapi.testclient import TestClient
 
     from eodeploy.monitor.alerts import deliver_pending
-    from eodeploy.serve.app import create_app
+    from eodeploy.web.app import create_app
 
     url, receiver = hook
     cfg = settings(tmp_path, repo, db_url, api_keys=["k"], grpc_port=0, poll_interval_s=0, webhook_attempts=1)
@@ -526,7 +526,7 @@ def test_a_webhook_host_no_dns_name_can_be_is_400_not_500(
     UnicodeError inside the URL guard, and PATCH/POST /monitor/areas answered 500."""
     from fastapi.testclient import TestClient
 
-    from eodeploy.serve.app import create_app
+    from eodeploy.web.app import create_app
 
     cfg = settings(tmp_path, repo, db_url, grpc_port=0)
     bad = "https://qq\u00c6\u001e\u00c0f.w\u0086/hook"
@@ -547,7 +547,7 @@ def test_ids_past_the_integer_columns_are_400_not_500(
     range", 503); ids are INTEGER columns, so a larger one is refused as a bad request."""
     from fastapi.testclient import TestClient
 
-    from eodeploy.serve.app import create_app
+    from eodeploy.web.app import create_app
 
     cfg = settings(tmp_path, repo, db_url, grpc_port=0)
     with TestClient(create_app(cfg, grpc=False)) as client:
@@ -565,7 +565,7 @@ def test_nul_characters_are_400_not_a_database_outage(
     body string made the driver's DataError read as "the database cannot be used" (503)."""
     from fastapi.testclient import TestClient
 
-    from eodeploy.serve.app import create_app
+    from eodeploy.web.app import create_app
 
     cfg = settings(tmp_path, repo, db_url, grpc_port=0)
     body = spec(tmp_path).model_dump(mode="json")

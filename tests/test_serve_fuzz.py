@@ -40,7 +40,7 @@ MAGIC = [b"II*\x00", b"MM\x00*", b"II+\x00", b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xf
 def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     from fastapi.testclient import TestClient
 
-    from eodeploy.serve import create_app
+    from eodeploy.web.app import create_app
 
     repo = make_repo(tmp_path_factory.mktemp("fuzz"))
     cfg = fuzz_settings(repo.root)

@@ -72,6 +72,8 @@ class Settings(BaseSettings):
     database_url: str = "sqlite:///eodeploy.db"
     #: Serve the monitoring REST endpoints (/monitor/...) from the inference server.
     monitor_api: bool = True
+    #: Serve the web dashboard (/dashboard): maps, series, alerts, models, in-browser inference.
+    dashboard: bool = True
     #: Where each observation's maps (COGs, polygons, preview) are kept.
     monitor_dir: Path = Path("monitoring")
     #: One run per area at a time across processes and hosts: a lease this long, renewed every third

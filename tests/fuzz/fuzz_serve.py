@@ -26,7 +26,7 @@ except ImportError:  # pragma: no cover - opt-in tool
 with atheris.instrument_imports():
     from eodeploy.data.images import ImageLimits, decode_image
     from eodeploy.errors import EodeployError
-    from eodeploy.serve import create_app
+    from eodeploy.web.app import create_app
 
 from fastapi.testclient import TestClient  # noqa: E402
 

@@ -63,7 +63,7 @@ def serve(
     """
     import uvicorn
 
-    from eodeploy.serve import create_app
+    from eodeploy.web.app import create_app
     from eodeploy.serve.middleware import configure_logging
     from eodeploy.serve.policy import VersionPolicy
 

@@ -52,6 +52,67 @@ def time_series(session: Session, name: str) -> dict[str, Any]:
     }
 
 
+#: The columns of an area's series as the dashboard charts it and its CSV/GeoJSON exports carry it:
+#: one table, so the chart and both downloads cannot disagree.
+SERIES_COLUMNS = (
+    "observation_id", "datetime", "scene", "model_name", "model_version", "status", "observed_share",
+    "target_ha", "estimate_ha", "baseline_ha", "alert_low_ha", "alert_high_ha", "change_baseline_ha",
+    "change_baseline_pct", "change_previous_ha", "change_previous_pct", "alert_id",
+)  # fmt: skip
+
+
+def alert_band(thresholds: dict[str, Any], baseline_ha: float | None) -> tuple[float | None, float | None]:
+    """Estimates at or beyond these cross the area's thresholds against ``baseline_ha`` (the
+    nearer of the hectare and percentage thresholds; only the watched direction)."""
+    if baseline_ha is None:
+        return None, None
+    distances = [thresholds["ha"]] if thresholds.get("ha") is not None else []
+    if thresholds.get("pct") is not None and baseline_ha:
+        distances.append(abs(baseline_ha) * thresholds["pct"] / 100.0)
+    if not distances:
+        return None, None
+    d, on = min(distances), thresholds.get("on", "any")
+    return (
+        round(baseline_ha - d, 4) if on in ("loss", "any") else None,
+        round(baseline_ha + d, 4) if on in ("gain", "any") else None,
+    )
+
+
+def series_rows(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """``time_series`` output as rows of ``SERIES_COLUMNS``."""
+    rows = []
+    for o in data["observations"]:
+        low, high = alert_band(data["thresholds"], o["baseline_ha"]) if o["status"] == "ok" else (None, None)
+        row = {c: o.get(c) for c in SERIES_COLUMNS}
+        row.update(observation_id=o["id"], alert_low_ha=low, alert_high_ha=high)
+        rows.append(row)
+    return rows
+
+
+def series_csv(data: dict[str, Any]) -> str:
+    import csv
+    import io
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=SERIES_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(series_rows(data))
+    return buf.getvalue()
+
+
+def series_geojson(data: dict[str, Any], geometry: dict[str, Any]) -> dict[str, Any]:
+    """One feature per observation: the area's outline with the row's numbers."""
+    return {
+        "type": "FeatureCollection",
+        "name": data["area"],
+        "target_class": data["target_class"],
+        "features": [
+            {"type": "Feature", "id": r["observation_id"], "geometry": geometry, "properties": r}
+            for r in series_rows(data)
+        ],
+    }
+
+
 def plot_series(data: dict[str, Any], path: str | Path) -> Path:
     """The target class over time: valid observations as a line, cloudy ones marked, alerts in red."""
     from datetime import datetime

@@ -156,11 +156,27 @@ def preprocess(
     band_names: Sequence[str] | None = None,
     units: str | None = None,
 ) -> np.ndarray:
-    """Raw patches (N, C, H, W) or one patch (C, H, W) -> float32 tensor in the model's layout.
+    """Raw patches (N, C, H, W) or one patch (C, H, W) -> float32 tensor in the model's layout:
+    ``to_model_units``, then the package's ``value_scaling`` (the part the fused ONNX graph of
+    ``package.fused`` carries, for the browser and Triton), then the model's layout.
 
     ``units``: what the raw values are (``reflectance``, ``dn``, ``rgb8``, or ``auto`` to guess
     from dtype and range); they are converted onto the units the model was trained on. None:
     the values already are in the model's units."""
+    out = scale_values(to_model_units(x, spec, band_names, units), spec)
+    if spec.layout == "NHWC":
+        out = np.ascontiguousarray(out.transpose(0, 2, 3, 1))
+    return out
+
+
+def to_model_units(
+    x: np.ndarray,
+    spec: ModelSpec,
+    band_names: Sequence[str] | None = None,
+    units: str | None = None,
+) -> np.ndarray:
+    """Checked raw patches (N, C, H, W) with the model's bands in its order, in the units it was
+    trained on (before any scaling)."""
     x = np.asarray(x)
     if x.ndim == 3:
         x = x[None]
@@ -186,7 +202,4 @@ def preprocess(
         )
     if units is not None and spec.units is not None:
         x = convert_units(x, guess_units(x, spec.units) if units == "auto" else units, spec.units)
-    out = scale_values(x, spec)
-    if spec.layout == "NHWC":
-        out = np.ascontiguousarray(out.transpose(0, 2, 3, 1))
-    return out
+    return x

@@ -1,5 +1,7 @@
-"""The inference server: one app speaking TF Serving REST, OIP v2 (REST + gRPC) and uploads."""
+"""The inference server: one app speaking TF Serving REST, OIP v2 (REST + gRPC) and uploads.
 
-from eodeploy.serve.app import create_app
+``eodeploy.web.create_app`` composes it with the monitoring API and the dashboard."""
 
-__all__ = ["create_app"]
+from eodeploy.serve.app import create_inference_app
+
+__all__ = ["create_inference_app"]

@@ -1,4 +1,6 @@
-"""``create_app(settings)``: wires the registry, batchers, cache and protocols into one ASGI app."""
+"""``create_inference_app(settings)``: wires the registry, batchers, cache and protocols into one
+ASGI app. Inference only: ``eodeploy.web.app`` composes it with the monitoring API and the
+dashboard."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import RedirectResponse, Response
+from starlette.responses import Response
 
 from eodeploy import __version__
 from eodeploy.errors import EodeployError
@@ -36,7 +38,7 @@ def make_cache(settings: Settings) -> ResponseCache | None:
     return None
 
 
-def create_app(settings: Settings | None = None, grpc: bool = True) -> FastAPI:
+def create_inference_app(settings: Settings | None = None, grpc: bool = True) -> FastAPI:
     settings = settings or Settings()
 
     @asynccontextmanager
@@ -58,8 +60,6 @@ def create_app(settings: Settings | None = None, grpc: bool = True) -> FastAPI:
             await state.registry.stop()
             if state.inference.cache is not None:
                 await state.inference.cache.close()
-            if getattr(state, "monitor_db", None) is not None:
-                state.monitor_db.dispose()
 
     app = FastAPI(
         title="eodeploy inference server",
@@ -67,8 +67,7 @@ def create_app(settings: Settings | None = None, grpc: bool = True) -> FastAPI:
         description=(
             "Serves the model repository over TensorFlow Serving REST, the Open Inference Protocol v2 "
             "(REST; gRPC on its own port) and a simple upload endpoint. Inputs are raw band values; "
-            "each model package's own preprocessing is applied on the server. Monitoring results "
-            "(areas of interest, runs, time series, alerts) are under /monitor."
+            "each model package's own preprocessing is applied on the server."
         ),
         lifespan=lifespan,
         # /docs is served below from Swagger UI files installed with the server, not from a CDN.
@@ -93,17 +92,6 @@ def create_app(settings: Settings | None = None, grpc: bool = True) -> FastAPI:
     app.include_router(upload.router)
     app.include_router(tfserving.router)
     app.include_router(oip_rest.router)
-    if settings.monitor_api:
-        import threading
-
-        from eodeploy.monitor.api import app_database
-        from eodeploy.monitor.api import router as monitor_router
-        from eodeploy.monitor.metrics import MonitorCollector
-
-        app.state.monitor_lock = threading.Lock()  # one background monitoring run at a time
-        app.include_router(monitor_router)
-        metrics.registry.register(MonitorCollector(lambda: app_database(app.state)))
-
     @app.get(
         "/metrics",
         tags=["Operations"],
@@ -115,10 +103,6 @@ def create_app(settings: Settings | None = None, grpc: bool = True) -> FastAPI:
         # In the thread pool: the monitoring collector reads the database.
         body = await run_in_threadpool(generate_latest, request.app.state.metrics.registry)
         return Response(body, media_type=CONTENT_TYPE_LATEST)
-
-    @app.get("/", include_in_schema=False)
-    async def root() -> Response:
-        return RedirectResponse("/docs")
 
     return app
 

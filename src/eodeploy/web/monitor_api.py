@@ -63,7 +63,11 @@ async def _lifespan(app: Any) -> AsyncIterator[None]:
         log.warning("monitoring database not ready at start-up: %s", exc)
     except Exception:  # noqa: BLE001 - a broken database must not keep inference from starting
         log.exception("monitoring database could not be opened at start-up")
-    yield
+    try:
+        yield
+    finally:
+        if getattr(app.state, "monitor_db", None) is not None:
+            app.state.monitor_db.dispose()
 
 
 class _MaskedErrors(APIRoute):
