@@ -25,9 +25,9 @@ import re
 import sys
 import tarfile
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal
+from typing import Literal
 from urllib.parse import quote
 
 from eodeploy._files import atomic_write_bytes, file_digest
@@ -378,60 +378,58 @@ def _resolve_files(wanted: Wanted, names: Iterable[str]) -> list[tuple[str, str]
     return out
 
 
-def _lock_entry(wanted: Wanted) -> dict[str, Any]:
+def resolve(wanted: Wanted) -> LockedPackage:
+    """What ``wanted`` is on the registry now: its tarball and integrity from the version's
+    metadata, and the sha256 and size of each file taken, read from the verified tarball."""
     url = f"{REGISTRY}{quote(wanted.name, safe='@')}/{quote(wanted.version)}"
     what = f"{wanted.name} {wanted.version}"
     try:
         meta = json.loads(_download(url, what, LOCK_COMMAND))
         dist = meta["dist"]
-        version, tarball, integrity = (
-            str(meta["version"]),
-            str(dist["tarball"]),
-            str(dist.get("integrity", "")),
-        )
+        version, tarball = str(meta["version"]), str(dist["tarball"])
+        integrity, lic = str(dist.get("integrity", "")), meta.get("license")
     except (ValueError, KeyError, TypeError) as exc:
         raise AssetLockError(f"{what}: unexpected registry metadata at {url} ({exc})") from exc
     if version != wanted.version:
         raise AssetLockError(f"{what}: the registry answered version {version}")
     if not integrity.startswith("sha512-"):
         raise AssetLockError(f"{what}: the registry gives no sha512 integrity for {tarball}")
-    lic = meta.get("license")
-    package = LockedPackage(
-        wanted.name, version, wanted.purpose, str(lic.get("type") if isinstance(lic, dict) else lic),
-        tarball, integrity, (),
-    )  # fmt: skip
+    license_id = str(lic.get("type") if isinstance(lic, dict) else lic)
+    package = LockedPackage(wanted.name, version, wanted.purpose, license_id, tarball, integrity, ())
     data = _download(tarball, what, LOCK_COMMAND)
     verify_integrity(package, data)
+    files = []
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tf:
         members = {m.name: m for m in tf.getmembers() if m.isfile()}
-        files = []
         for source, dest in _resolve_files(wanted, members):
             extracted = tf.extractfile(members[source])
             assert extracted is not None  # a regular file
             content = extracted.read()
-            files.append(
-                {
-                    "from": source,
-                    "to": dest,
-                    "sha256": hashlib.sha256(content).hexdigest(),
-                    "size": len(content),
-                }
-            )
-    return {
-        "name": wanted.name, "version": version, "purpose": wanted.purpose, "license": package.license,
-        "tarball": tarball, "integrity": integrity, "files": files,
-    }  # fmt: skip
+            files.append(LockedFile(source, dest, hashlib.sha256(content).hexdigest(), len(content)))
+    return replace(package, files=tuple(files))
 
 
-def write_lock(lock_path: Path = LOCK_PATH, wanted: Sequence[Wanted] = ASSETS) -> None:
-    """Resolve ``wanted`` on the registry and rewrite the lockfile (atomically)."""
+def dump_lock(packages: Sequence[LockedPackage], lock_path: Path = LOCK_PATH) -> None:
+    """Write the lockfile (atomically) and read it back through ``load_lock``'s checks."""
     doc = {
         "_comment": f"Written by `{LOCK_COMMAND}` from ASSETS in eodeploy/web/assets.py; do not edit by hand.",
         "registry": REGISTRY,
-        "packages": [_lock_entry(w) for w in wanted],
-    }
+        "packages": [
+            {
+                "name": p.name, "version": p.version, "purpose": p.purpose, "license": p.license,
+                "tarball": p.tarball, "integrity": p.integrity,
+                "files": [{"from": f.source, "to": f.dest, "sha256": f.sha256, "size": f.size} for f in p.files],
+            }
+            for p in packages
+        ],
+    }  # fmt: skip
     atomic_write_bytes(lock_path, (json.dumps(doc, indent=2) + "\n").encode("utf-8"))
-    load_lock(lock_path)  # what was written reads back
+    load_lock(lock_path)
+
+
+def write_lock(lock_path: Path = LOCK_PATH, wanted: Sequence[Wanted] = ASSETS) -> None:
+    """Resolve ``wanted`` on the registry and rewrite the lockfile."""
+    dump_lock([resolve(w) for w in wanted], lock_path)
 
 
 # --- Command line --------------------------------------------------------------------------------
@@ -446,7 +444,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     mode.add_argument(
         "--check",
         action="store_true",
-        help="verify the placed files offline; exit 1 when any is missing or differs",
+        help="verify the placed files offline (and the shipped lockfile against ASSETS); exit 1 on any problem",
     )
     mode.add_argument(
         "--lock", action="store_true", help="rewrite the lockfile from ASSETS and the registry's metadata"
@@ -462,7 +460,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"wrote {args.lockfile}; now fetch the files with: {FETCH_COMMAND}")
             return 0
         if args.check:
-            problems = [*lock_drift(load_lock(args.lockfile)), *missing_assets(args.lockfile, args.dest)]
+            shipped = args.lockfile.resolve() == LOCK_PATH.resolve()
+            drift = lock_drift(load_lock(args.lockfile)) if shipped else []
+            problems = [*drift, *missing_assets(args.lockfile, args.dest)]
             for line in problems:
                 print(line, file=sys.stderr)
             if problems:
