@@ -12,11 +12,14 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
+# Then the dashboard's front-end files, pinned in src/eodeploy/web/assets.lock.json, from the npm registry.
 install: $(BIN)/python
 	$(BIN)/pip install -q -e .
+	$(BIN)/python -m eodeploy.web.assets
 
 install-dev: $(BIN)/python
 	$(BIN)/pip install -q -e '.[train,keras,serve,openvino,litert,dask,postgres,dev]'
+	$(BIN)/python -m eodeploy.web.assets
 
 # Main job on embedded defaults: the bundled model evaluated on the held-out split of the shared
 # EuroSAT data, then a real 13-band Sentinel-2 scene and the Philippine (Tawi-Tawi) true-colour
