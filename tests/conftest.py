@@ -187,8 +187,8 @@ def client_for() -> Iterator[Callable[..., Any]]:
     """A factory of real apps under TestClient, each closed after the test, models loaded."""
     from fastapi.testclient import TestClient
 
-    from eodeploy.web.app import create_app
     from eodeploy.settings import Settings
+    from eodeploy.web.app import create_app
 
     clients: list[Any] = []
 

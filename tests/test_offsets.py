@@ -70,8 +70,8 @@ def test_same_geotiff_same_class_by_every_path(
     from fastapi.testclient import TestClient
 
     from eodeploy.monitor.imagery import mosaic_patches
-    from eodeploy.web.app import create_app
     from eodeploy.settings import Settings
+    from eodeploy.web.app import create_app
 
     clear, expected = _clear_patch_whose_class_the_offset_changes()
     folder = tmp_path / "patches"

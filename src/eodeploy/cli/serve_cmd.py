@@ -63,9 +63,9 @@ def serve(
     """
     import uvicorn
 
-    from eodeploy.web.app import create_app
     from eodeploy.serve.middleware import configure_logging
     from eodeploy.serve.policy import VersionPolicy
+    from eodeploy.web.app import create_app
 
     overrides = {
         "model_repo": model_repo,

@@ -92,6 +92,7 @@ def create_inference_app(settings: Settings | None = None, grpc: bool = True) ->
     app.include_router(upload.router)
     app.include_router(tfserving.router)
     app.include_router(oip_rest.router)
+
     @app.get(
         "/metrics",
         tags=["Operations"],
