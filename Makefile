@@ -6,7 +6,7 @@ DATA ?= ../shared/data/eurosat
 S2DIR ?= ../shared/data/sentinel2
 SCENE ?= $(S2DIR)/lahinch_IE_s2l1c_2017-09-18.tif
 
-.PHONY: run test lint bench soak install install-dev clean
+.PHONY: run serve test lint bench soak install install-dev clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -23,7 +23,8 @@ install-dev: $(BIN)/python
 
 # Main job on embedded defaults: the bundled model evaluated on the held-out split of the shared
 # EuroSAT data, then a real 13-band Sentinel-2 scene and the Philippine (Tawi-Tawi) true-colour
-# scene turned into maps with per-class hectares, then a monitoring pass over an area in the five-date Lahinch series (results in ./eodeploy.db).
+# scene turned into maps with per-class hectares, then monitoring passes over an area in the five-date Lahinch series and
+# one on the Tawi-Tawi mangrove coast (results in ./eodeploy.db, shown by the dashboard: make serve).
 run: install
 	$(BIN)/eodeploy models list
 	$(BIN)/eodeploy evaluate eurosat-cnn $(DATA) --split test --no-save --plot confusion_test.png
@@ -32,8 +33,20 @@ run: install
 	$(BIN)/eodeploy monitor add lahinch --geometry src/eodeploy/monitor/examples/lahinch.geojson \
 		--class Pasture --folder $(S2DIR) --pattern 'lahinch_*.tif' --threshold-ha 5 --alert-on loss
 	$(BIN)/eodeploy monitor run --area lahinch
+	$(BIN)/eodeploy monitor add tawi-tawi --geometry src/eodeploy/monitor/examples/tawitawi.geojson \
+		--model eurosat-rgb --class Forest --folder $(S2DIR) --pattern 'tawitawi_*.tif'
+	$(BIN)/eodeploy monitor run --area tawi-tawi
 	$(BIN)/eodeploy monitor series lahinch --plot monitoring/lahinch-series.png
 	$(BIN)/eodeploy monitor alerts
+	@echo
+	@echo "Dashboard (maps, series, alerts, models, in-browser inference): run 'make serve', then open"
+	@echo "    http://127.0.0.1:8000/dashboard"
+
+# The server over the bundled models and ./eodeploy.db (what make run filled): TF Serving REST,
+# OIP v2 REST + gRPC, /monitor and the dashboard at http://127.0.0.1:8000/dashboard.
+serve: install
+	$(BIN)/pip install -q -e '.[serve]'
+	$(BIN)/eodeploy serve
 
 # Static checks first (seconds: ruff, then mypy from its cache), then all tests with every optional
 # stack required (a missing one fails instead of skipping).

@@ -12,9 +12,10 @@ ROOT = Path(__file__).resolve().parents[1]
 S2 = ROOT.parent / "shared" / "data" / "sentinel2"
 #: A secret in a webhook URL, as Slack puts it: no page or response may show it.
 SECRET = "T000SECRETTOKEN"
-TAWITAWI = {  # inside the shared Tawi-Tawi scene (119.767-119.840 E, 5.062-5.135 N)
+TAWITAWI = ROOT / "src/eodeploy/monitor/examples/tawitawi.geojson"
+PALAWAN = {  # mangroves of Puerto Princesa Bay, Palawan: no scene in the shared data covers it
     "type": "Polygon",
-    "coordinates": [[[119.79, 5.08], [119.81, 5.08], [119.81, 5.10], [119.79, 5.10], [119.79, 5.08]]],
+    "coordinates": [[[118.75, 9.70], [118.77, 9.70], [118.77, 9.72], [118.75, 9.72], [118.75, 9.70]]],
 }
 
 
@@ -42,10 +43,16 @@ def build_demo(folder: Path) -> dict[str, Any]:
             webhook_url=f"http://127.0.0.1:9/services/{SECRET}", emails=["ana.reyes@example.org"],
         ))  # fmt: skip
         add_area(s, repo, AreaSpec(
-            name="tawi-tawi", geometry=TAWITAWI, model="eurosat-rgb", target_class="Forest",
-            source={"type": "folder", "path": str(S2), "pattern": "tawitawi_*_2099-*.tif"},
+            name="tawi-tawi", geometry=json.loads(TAWITAWI.read_text()), model="eurosat-rgb",
+            target_class="Forest", source={"type": "folder", "path": str(S2), "pattern": "tawitawi_*.tif"},
+        ))  # fmt: skip
+        add_area(s, repo, AreaSpec(
+            name="palawan", geometry=PALAWAN, model="eurosat-rgb", target_class="Forest",
+            source={"type": "folder", "path": str(S2), "pattern": "palawan_*.tif"},
         ))  # fmt: skip
     report = run_monitoring(db, settings, area="lahinch")
     assert (report.stored, report.cloudy) == (3, 2), report.summary()
+    report = run_monitoring(db, settings, area="tawi-tawi")
+    assert report.stored + report.cloudy == 1, report.summary()
     db.dispose()
     return cfg

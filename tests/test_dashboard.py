@@ -89,16 +89,12 @@ def test_every_page_renders_on_the_demo_database(client: Any) -> None:
         assert "<main" in r.text and SECRET not in r.text and "ana.reyes@" not in r.text
     assert client.get("/", follow_redirects=False).headers["location"] == "/dashboard"
     areas = client.get("/dashboard/api/areas").json()
-    assert [f["properties"]["name"] for f in areas["features"]] == ["lahinch", "tawi-tawi"]
-    lahinch, tawi = areas["features"]
-    assert [o["status"] for o in lahinch["properties"]["observations"]] == [
-        "ok",
-        "ok",
-        "ok",
-        "cloudy",
-        "cloudy",
-    ]
-    assert tawi["properties"]["observations"] == []
+    assert [f["properties"]["name"] for f in areas["features"]] == ["lahinch", "palawan", "tawi-tawi"]
+    lahinch, palawan, tawi = areas["features"]
+    statuses = [o["status"] for o in lahinch["properties"]["observations"]]
+    assert statuses == ["ok", "ok", "ok", "cloudy", "cloudy"]
+    assert palawan["properties"]["observations"] == []
+    assert [o["model"] for o in tawi["properties"]["observations"]] == ["eurosat-rgb v2"]
     assert all(o["tiles"] and o["truecolor"] for o in lahinch["properties"]["observations"][:3])
     assert [c["name"] for c in areas["legends"]["eurosat-cnn v3"]][:2] == ["AnnualCrop", "Forest"]
     assert SECRET not in json.dumps(areas)
@@ -232,7 +228,7 @@ def test_acknowledging_needs_the_dashboard_and_changes_the_database(
         assert acked and acked[0]["acknowledged_by"] == "dashboard"
     finally:
         db.dispose()
-    assert "no alerts" in client.get("/dashboard/alerts/rows", params={"area": "tawi-tawi"}).text.lower()
+    assert "no alerts" in client.get("/dashboard/alerts/rows", params={"area": "palawan"}).text.lower()
 
 
 def test_empty_database_and_monitoring_off_render(tmp_path: Path) -> None:
