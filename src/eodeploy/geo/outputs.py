@@ -59,9 +59,16 @@ class GeoTiffSink(_Sink):
 
 
 def to_cog(src: Path, dst: Path, resampling: str) -> None:
-    """GDAL's COG driver: internal 512 px tiles, overviews, DEFLATE; colour table and tags kept."""
+    """GDAL's COG driver: internal 512 px tiles, overviews, DEFLATE; colour table and tags kept.
+
+    ``resampling`` builds the overviews: MODE for class maps (an averaged class code is another
+    class), AVERAGE for continuous values. GDAL does not record it, so it is written as the
+    ``OVR_RESAMPLING_ALG`` tag (rio-cogeo's name) for readers and tile servers to check."""
+    import rasterio
     import rasterio.shutil
 
+    with rasterio.open(src, "r+") as work:
+        work.update_tags(OVR_RESAMPLING_ALG=resampling.upper())
     rasterio.shutil.copy(
         src, dst, driver="COG", COMPRESS="DEFLATE", BLOCKSIZE="512", OVERVIEW_RESAMPLING=resampling,
         BIGTIFF="IF_SAFER", NUM_THREADS="2",

@@ -170,7 +170,7 @@ def _predict_scene(
         if run.windows == 0:
             raise DataError(f"{source}: every pixel is nodata or cloud; nothing to classify")
         t_cog = time.perf_counter()
-        to_cog(sink.paths["classes"], work / CLASSES_TIF, "NEAREST")
+        to_cog(sink.paths["classes"], work / CLASSES_TIF, "MODE")  # categorical: never averaged
         to_cog(sink.paths["confidence"], work / CONFIDENCE_TIF, "AVERAGE")
         cog_seconds = time.perf_counter() - t_cog
         for p in sink.paths.values():
