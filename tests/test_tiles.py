@@ -3,16 +3,19 @@ overviews, the true-colour COG, bad tile addresses, and the tile cache with its 
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
-from conftest import SHARED
+from conftest import SHARED, linear_onnx, linear_spec
 from eodeploy.geo import predict_scene
 from eodeploy.geo.infer import NODATA
 from eodeploy.package import ModelRepository
-from test_scene import LEFT, RIGHT, scene_array, write_scene
+from test_scene import BANDS, LEFT, RIGHT, scene_array, write_scene
 
 S2 = SHARED / "data" / "sentinel2"
 MODELS = Path(__file__).resolve().parents[1] / "models"
@@ -124,3 +127,86 @@ def test_produced_class_map_has_mode_overviews(repo: ModelRepository, tmp_path: 
     np.testing.assert_array_equal(ovr[clear], counts.argmax(-1)[clear])
     with rasterio.open(out / "confidence.tif") as src:
         assert src.tags()["OVR_RESAMPLING_ALG"] == "AVERAGE"
+
+
+# --- truecolor.tif ---------------------------------------------------------------------------------
+
+
+def test_truecolor_cog_on_the_class_grid_with_transparent_nodata(
+    repo: ModelRepository, tmp_path: Path
+) -> None:
+    import rasterio
+    from rio_cogeo.cogeo import cog_validate
+
+    out = produced(repo, tmp_path)
+    tc = out / "truecolor.tif"
+    assert cog_validate(str(tc))[0]
+    with rasterio.open(tc) as t, rasterio.open(out / "classes.tif") as c:
+        assert (t.count, t.dtypes, t.shape, t.transform, t.crs) == (
+            3,
+            ("uint8",) * 3,
+            c.shape,
+            c.transform,
+            c.crs,
+        )
+        assert t.descriptions == ("B04", "B03", "B02")
+        assert t.compression.name == "jpeg"
+        rgb, mask = t.read(), t.dataset_mask()
+        classes = c.read(1)
+    assert (mask[:20, :30] == 0).all() and (mask == 0).sum() == 20 * 30  # exactly the nodata corner
+    assert (classes[:20, :30] == NODATA).all()
+    # Forest spectrum B04 700, B03 900, B02 1000 DN in EuroSAT's rendering (x 255 / 2750).
+    left = rgb[:, 40:, 10:90].reshape(3, -1).mean(axis=1)
+    np.testing.assert_allclose(left, [700 * 255 / 2750, 900 * 255 / 2750, 1000 * 255 / 2750], atol=2)
+    asset = json.loads((out / "item.json").read_text())["assets"]["truecolor"]
+    assert asset["href"] == "./truecolor.tif" and asset["roles"] == ["overview", "visual"]
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["truecolor_seconds"] is not None
+
+
+def test_truecolor_follows_the_crop_to_an_area(repo: ModelRepository, tmp_path: Path) -> None:
+    import rasterio
+    from shapely.geometry import box
+
+    aoi = box(*lonlat(ORIGIN[0] + 700, ORIGIN[1] - 1200), *lonlat(ORIGIN[0] + 1300, ORIGIN[1] - 800))
+    out = produced(repo, tmp_path, scene_array(), aoi=aoi)
+    with rasterio.open(out / "truecolor.tif") as t, rasterio.open(out / "classes.tif") as c:
+        assert c.width < 200 and (t.shape, t.transform) == (c.shape, c.transform)
+        assert t.dataset_mask().all()
+
+
+def test_truecolor_whatever_the_model_bands_and_none_without_rgb(tmp_path: Path) -> None:
+    """Red, green and blue are found by name even when the model reads none of them; a scene
+    without them gets no true-colour image, and no error."""
+    import rasterio
+
+    spec = linear_spec("nir")
+    spec = dataclasses.replace(spec, bands=["B05", "B06", "B07"])
+    pkg = ModelRepository(tmp_path / "m").add("nir", linear_onnx(np.ones((3, 3)), np.zeros(3)), spec)
+    arr = scene_array()
+    full = write_scene(tmp_path / "all.tif", arr)
+    predict_scene(pkg, full, tmp_path / "a", polygons=False)
+    with rasterio.open(tmp_path / "a" / "truecolor.tif") as t:
+        assert t.descriptions == ("B04", "B03", "B02") and t.dataset_mask().all()
+    no_rgb = [BANDS.index(b) for b in ("B05", "B06", "B07")]
+    part = write_scene(tmp_path / "nir.tif", arr[no_rgb], names=["B05", "B06", "B07"])
+    predict_scene(pkg, part, tmp_path / "b", polygons=False)
+    assert (tmp_path / "b" / "classes.tif").exists() and not (tmp_path / "b" / "truecolor.tif").exists()
+    assert "truecolor" not in json.loads((tmp_path / "b" / "item.json").read_text())["assets"]
+    assert json.loads((tmp_path / "b" / "stats.json").read_text())["truecolor_seconds"] is None
+
+
+@pytest.mark.shared_data
+@pytest.mark.skipif(not S2.is_dir(), reason="../shared/data is not here")
+def test_truecolor_of_the_real_lahinch_scene(tmp_path: Path) -> None:
+    """The 13-band L1C scene through the 13-band model: its NaN pixels are the masked ones."""
+    import rasterio
+
+    src = S2 / "lahinch_IE_s2l1c_2017-09-18.tif"
+    predict_scene(ModelRepository(MODELS).get("eurosat-cnn"), src, tmp_path / "o", polygons=False)
+    with rasterio.open(src) as s:
+        missing = ~np.isfinite(s.read([2, 3, 4])).all(axis=0)
+    with rasterio.open(tmp_path / "o" / "truecolor.tif") as t:
+        assert (t.count, t.dtypes[0], t.shape) == (3, "uint8", missing.shape)
+        np.testing.assert_array_equal(t.dataset_mask() == 0, missing)
+        assert missing.any() and 40 < t.read()[:, ~missing].mean() < 200
