@@ -6,12 +6,15 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import os
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from conftest import SHARED, linear_onnx, linear_spec
+from eodeploy.errors import InvalidInputError, NotFoundError
 from eodeploy.geo import predict_scene
 from eodeploy.geo.infer import NODATA
 from eodeploy.package import ModelRepository
@@ -22,12 +25,18 @@ MODELS = Path(__file__).resolve().parents[1] / "models"
 ORIGIN = (500000.0, 5000000.0)  # EPSG:32633: about 15.0 E, 45.1 N
 
 
-def produced(repo: ModelRepository, tmp_path: Path, arr: np.ndarray | None = None, **kwargs: object) -> Path:
+def produced(
+    repo: ModelRepository,
+    tmp_path: Path,
+    arr: np.ndarray | None = None,
+    origin: tuple[float, float] = ORIGIN,
+    **kwargs: object,
+) -> Path:
     """A real observation folder: the tiny model over a generated scene with a nodata corner."""
     if arr is None:
         arr = scene_array()
         arr[:, :20, :30] = 0  # nodata (the file's nodata is 0)
-    src = write_scene(tmp_path / "scene.tif", arr)
+    src = write_scene(tmp_path / "scene.tif", arr, origin=origin)
     out = tmp_path / "out"
     predict_scene(repo.get("tiny"), src, out, stride=32, polygons=False, **kwargs)  # type: ignore[arg-type]
     return out
@@ -210,3 +219,244 @@ def test_truecolor_of_the_real_lahinch_scene(tmp_path: Path) -> None:
         assert (t.count, t.dtypes[0], t.shape) == (3, "uint8", missing.shape)
         np.testing.assert_array_equal(t.dataset_mask() == 0, missing)
         assert missing.any() and 40 < t.read()[:, ~missing].mean() < 200
+
+
+# --- tiles -----------------------------------------------------------------------------------------
+
+
+def test_class_tile_shows_the_class_colours_beneath_and_nodata_transparent(
+    repo: ModelRepository, tmp_path: Path
+) -> None:
+    from eodeploy.web.tiles import colormap_for, render_tile
+
+    out = produced(repo, tmp_path)
+    cmap = colormap_for(repo.get("tiny").spec)
+    z, x, y = tile_of(*lonlat(ORIGIN[0] + 150, ORIGIN[1] - 100), 16)  # over the nodata corner
+    tile = render_tile(out / "classes.tif", "classes", z, x, y, cache=None)
+    assert tile is not None
+    rgba = decode(tile.png)
+    values, inside = pixels_beneath(out / "classes.tif", z, x, y)
+    assert inside.any() and (~inside).any() and (values == NODATA).any() and (values == LEFT).any()
+    lut = np.array([cmap[v] for v in range(256)], np.uint8)
+    expected = np.where(inside[..., None], lut[np.clip(values, 0, 255)], 0)
+    assert (rgba == expected).all(axis=-1).mean() > 0.99  # off only where a pixel edge is a rounding away
+    assert (rgba[values == NODATA, 3] == 0).mean() > 0.99 and (rgba[~inside, 3] == 0).mean() > 0.99
+    assert (rgba[values == LEFT] == cmap[LEFT]).all(axis=-1).mean() > 0.99
+    # The same colours from the item's classification:classes, and from the file's own table.
+    item = json.loads((out / "item.json").read_text())
+    assert colormap_for(item["assets"]["classes"]["classification:classes"]) == cmap
+    given = render_tile(out / "classes.tif", "classes", z, x, y, colormap=cmap, cache=None)
+    assert given is not None and (decode(given.png) == rgba).all()
+
+
+def test_class_tile_of_a_speckled_map_is_never_interpolated(tmp_path: Path) -> None:
+    """Every pixel its own random class (nodata among them): any interpolation would show up as
+    colours of the wrong class or no class; nearest resampling gives exactly the pixels beneath,
+    zoomed in or out."""
+    import rasterio
+    from rasterio.transform import from_origin
+
+    from eodeploy.geo.outputs import to_cog
+    from eodeploy.web.tiles import colormap_for, render_tile
+
+    spec = linear_spec()
+    cmap = colormap_for(spec)
+    data = np.random.default_rng(5).choice(np.array([0, 1, 2, NODATA], np.uint8), (300, 300))
+    work, tif = tmp_path / "work.tif", tmp_path / "classes.tif"
+    with rasterio.open(work, "w", driver="GTiff", width=300, height=300, count=1, dtype="uint8", crs="EPSG:32633",
+                       transform=from_origin(*ORIGIN, 10, 10), nodata=NODATA) as dst:  # fmt: skip
+        dst.write(data, 1)
+    to_cog(work, tif, "MODE")
+    lut = np.array([cmap[v] for v in range(256)], np.uint8)
+    palette = {tuple(c) for c in lut}
+    for zoom in (17, 13):
+        z, x, y = tile_of(*lonlat(ORIGIN[0] + 1500, ORIGIN[1] - 1500), zoom)
+        tile = render_tile(tif, "classes", z, x, y, colormap=cmap, cache=None)
+        assert tile is not None
+        rgba = decode(tile.png)
+        assert {tuple(c) for c in rgba.reshape(-1, 4)} <= palette
+        if zoom == 17:  # 1.2 m pixels over 10 m ones: each tile pixel has one pixel beneath
+            values, inside = pixels_beneath(tif, z, x, y)
+            expected = np.where(inside[..., None], lut[np.clip(values, 0, 255)], 0)
+            assert inside.all() and (rgba == expected).all(axis=-1).mean() > 0.99
+
+
+def test_truecolor_tile_has_the_mask_as_alpha(repo: ModelRepository, tmp_path: Path) -> None:
+    from eodeploy.web.tiles import render_tile
+
+    out = produced(repo, tmp_path)
+    z, x, y = tile_of(*lonlat(ORIGIN[0] + 150, ORIGIN[1] - 100), 16)
+    tile = render_tile(out / "truecolor.tif", "truecolor", z, x, y, cache=None)
+    assert tile is not None
+    rgba = decode(tile.png)
+    values, inside = pixels_beneath(out / "classes.tif", z, x, y)  # same grid as the picture
+    valid = inside & (values != NODATA)
+    assert (rgba[~inside, 3] == 0).mean() > 0.99 and (rgba[values == NODATA, 3] == 0).mean() > 0.97
+    assert (rgba[valid, 3] == 255).mean() > 0.97
+    forest = rgba[valid & (values == LEFT)][:, :3].mean(axis=0)
+    np.testing.assert_allclose(forest, [700 * 255 / 2750, 900 * 255 / 2750, 1000 * 255 / 2750], atol=4)
+
+
+def test_tiles_are_the_pixels_of_rio_tilers_own_reader(repo: ModelRepository, tmp_path: Path) -> None:
+    """``render_tile`` warps straight onto the tile's grid from the overview GDAL would pick; a
+    plain ``Reader.tile`` warps at the file's resolution and decimates. Same pixels, every zoom
+    from the whole map in one tile (overviews) to finer than the pixels. At 60 N a z12 tile's
+    pixels are 1.9 of the map's: GDAL reads the 2x overview there (its 1.2 oversampling
+    threshold), a "finer than the tile" rule would read full resolution."""
+    import morecantile
+    from rio_tiler.errors import TileOutsideBounds
+    from rio_tiler.io import Reader
+
+    from eodeploy.web.tiles import cog_bounds_wgs84, colormap_for, render_tile
+
+    arr = scene_array(600, 1100)
+    arr[:, 100:400, 200:500] = scene_array(300, 1100)[:, :, 600:900]  # a SeaLake block in the Forest half
+    arr[:, :20, :30] = 0
+    out = produced(repo, tmp_path, arr, origin=(500000.0, 6650000.0))
+    lut = np.array([colormap_for(repo.get("tiny").spec)[v] for v in range(256)], np.uint8)
+    tms = morecantile.tms.get("WebMercatorQuad")
+    compared = 0
+    for kind in ("classes", "truecolor"):
+        tif = out / f"{kind}.tif"
+        with Reader(str(tif)) as src:
+            assert src.dataset.overviews(1) == [2, 4]
+            for z in range(10, 18):
+                tiles = list(tms.tiles(*cog_bounds_wgs84(tif), zooms=[z]))
+                for t in tiles[:: max(1, len(tiles) // 4)]:
+                    tile = render_tile(tif, kind, t.z, t.x, t.y, cache=None)
+                    try:
+                        ref = src.tile(
+                            t.x, t.y, t.z, reproject_method="nearest" if kind == "classes" else "bilinear"
+                        )
+                    except TileOutsideBounds:
+                        assert tile is None
+                        continue
+                    assert tile is not None
+                    if kind == "classes":
+                        expected = np.where(ref.mask[..., None] > 0, lut[ref.data[0]], 0)
+                    else:
+                        expected = np.dstack([*ref.data, ref.mask])
+                    np.testing.assert_array_equal(decode(tile.png), expected)
+                    compared += 1
+    assert compared > 20
+
+
+def test_tiles_outside_the_map_and_bounds(repo: ModelRepository, tmp_path: Path) -> None:
+    from eodeploy.web.tiles import cog_bounds_wgs84, render_tile
+
+    out = produced(repo, tmp_path)
+    west, south, east, north = cog_bounds_wgs84(out / "classes.tif")
+    bbox = json.loads((out / "item.json").read_text())["bbox"]
+    np.testing.assert_allclose([west, south, east, north], bbox, atol=1e-6)
+    assert render_tile(out / "classes.tif", "classes", *tile_of(west - 0.01, north, 16)) is None
+    assert render_tile(out / "truecolor.tif", "truecolor", *tile_of(-70.0, -30.0, 9)) is None
+    assert render_tile(out / "classes.tif", "classes", *tile_of(west, north, 0)) is not None  # the world
+
+
+@pytest.mark.parametrize(
+    ("kind", "z", "x", "y", "error"),
+    [
+        ("classes", -1, 0, 0, InvalidInputError),
+        ("classes", 25, 0, 0, InvalidInputError),
+        ("classes", 3, -1, 0, InvalidInputError),
+        ("classes", 3, 0, -2, InvalidInputError),
+        ("classes", 3, 8, 0, NotFoundError),
+        ("classes", 3, 0, 8, NotFoundError),
+        ("classes", 0, 1, 0, NotFoundError),
+        ("confidence", 3, 0, 0, InvalidInputError),
+        ("../classes", 3, 0, 0, InvalidInputError),
+    ],
+)
+def test_bad_tile_addresses_are_clear_errors(
+    repo: ModelRepository, tmp_path: Path, kind: str, z: int, x: int, y: int, error: type[Exception]
+) -> None:
+    from eodeploy.web.tiles import render_tile, tile_etag
+
+    tif = tmp_path / "classes.tif"
+    tif.write_bytes(b"")  # never opened: the address is refused first
+    with pytest.raises(error):
+        render_tile(tif, kind, z, x, y)
+    with pytest.raises(error):
+        tile_etag(tif, kind, z, x, y)
+
+
+def test_missing_or_broken_map(tmp_path: Path) -> None:
+    from eodeploy.errors import DataError
+    from eodeploy.web.tiles import cog_bounds_wgs84, render_tile
+
+    with pytest.raises(NotFoundError, match="no such map"):
+        render_tile(tmp_path / "gone.tif", "classes", 3, 1, 1)
+    with pytest.raises(NotFoundError):
+        cog_bounds_wgs84(tmp_path / "gone.tif")
+    (tmp_path / "bad.tif").write_bytes(b"not a tiff")
+    with pytest.raises(DataError, match="cannot be read"):
+        render_tile(tmp_path / "bad.tif", "classes", 3, 1, 1, cache=None)
+
+
+def test_cache_hit_same_bytes_same_etag_and_a_new_file_a_new_etag(
+    repo: ModelRepository, tmp_path: Path
+) -> None:
+    from eodeploy.web.tiles import TileCache, render_tile, tile_etag
+
+    out = produced(repo, tmp_path)
+    tif = out / "classes.tif"
+    z, x, y = tile_of(*lonlat(ORIGIN[0] + 1000, ORIGIN[1] - 750), 15)
+    cache = TileCache()
+    first = render_tile(tif, "classes", z, x, y, cache=cache)
+    again = render_tile(tif, "classes", z, x, y, cache=cache)
+    assert first is not None and again is first and (cache.hits, cache.misses) == (1, 1)
+    uncached = render_tile(tif, "classes", z, x, y, cache=None)
+    assert uncached == first and first.etag == tile_etag(tif, "classes", z, x, y)
+    assert first.etag.startswith('"') and first.etag.endswith('"')
+    other = render_tile(out / "truecolor.tif", "truecolor", z, x, y, cache=cache)
+    assert other is not None and other.etag != first.etag
+    st = tif.stat()
+    os.utime(tif, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))  # a re-run replaces the file
+    fresh = render_tile(tif, "classes", z, x, y, cache=cache)
+    assert fresh is not None and fresh is not first and fresh.etag != first.etag and cache.misses == 3
+
+
+def test_cache_is_bounded_and_thread_safe(repo: ModelRepository, tmp_path: Path) -> None:
+    import morecantile
+
+    from eodeploy.web.tiles import TileCache, cog_bounds_wgs84, render_tile
+
+    out = produced(repo, tmp_path)
+    tiles = list(
+        morecantile.tms.get("WebMercatorQuad").tiles(*cog_bounds_wgs84(out / "classes.tif"), zooms=[17])
+    )
+    assert len(tiles) >= 12
+    truth = {t: render_tile(out / "classes.tif", "classes", t.z, t.x, t.y, cache=None) for t in tiles}
+    biggest = max(len(v.png) for v in truth.values() if v)
+    cache = TileCache(max_bytes=4 * biggest)
+    errors: list[BaseException] = []
+
+    def work(order: list[morecantile.Tile]) -> None:
+        try:
+            for t in order * 3:
+                assert render_tile(out / "classes.tif", "classes", t.z, t.x, t.y, cache=cache) == truth[t]
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(tiles[i:] + tiles[:i],)) for i in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors
+    assert 0 < len(cache) and sum(len(v.png) for v in cache._items.values() if v) <= 4 * biggest
+    assert cache.hits > 0 and cache.misses > len(tiles)  # evictions forced re-renders
+
+
+def test_colormap_gives_every_value_and_refuses_bad_colours() -> None:
+    from eodeploy.web.tiles import TRANSPARENT, colormap_for
+
+    spec = linear_spec()
+    cmap = colormap_for(spec)
+    assert len(cmap) == 256 and cmap[NODATA] == TRANSPARENT and cmap[200] == TRANSPARENT
+    first = spec.classes[0].color.lstrip("#")
+    assert cmap[0] == (int(first[:2], 16), int(first[2:4], 16), int(first[4:], 16), 255)
+    with pytest.raises(InvalidInputError):
+        colormap_for([{"value": NODATA, "name": "x", "color_hint": "ff0000"}])
+    with pytest.raises(InvalidInputError):
+        colormap_for([{"value": 1, "name": "x", "color_hint": "red"}])
