@@ -13,7 +13,8 @@ from eodeploy.geo.infer import NODATA, _Sink
 from eodeploy.geo.sources import Scene
 from eodeploy.package.spec import ModelSpec
 
-CLASSES_TIF, CONFIDENCE_TIF = "classes.tif", "confidence.tif"
+CLASSES_TIF, CONFIDENCE_TIF, TRUECOLOR_TIF = "classes.tif", "confidence.tif", "truecolor.tif"
+COG_TYPE = "image/tiff; application=geotiff; profile=cloud-optimized"
 
 
 def _rgb(color: str) -> tuple[int, int, int, int]:
@@ -58,13 +59,22 @@ class GeoTiffSink(_Sink):
         self.confidence.close()
 
 
-def to_cog(src: Path, dst: Path, resampling: str) -> None:
-    """GDAL's COG driver: internal 512 px tiles, overviews, DEFLATE; colour table and tags kept."""
+def to_cog(src: Path, dst: Path, resampling: str, compress: str = "DEFLATE") -> None:
+    """GDAL's COG driver: internal 512 px tiles, overviews, DEFLATE (JPEG at quality 85 for a
+    picture with its mask); colour table, tags and an internal mask kept.
+
+    ``resampling`` builds the overviews: MODE for class maps (an averaged class code is another
+    class), AVERAGE for continuous values. GDAL does not record it, so it is written as the
+    ``OVR_RESAMPLING_ALG`` tag (rio-cogeo's name) for readers and tile servers to check."""
+    import rasterio
     import rasterio.shutil
 
+    with rasterio.open(src, "r+") as work:
+        work.update_tags(OVR_RESAMPLING_ALG=resampling.upper())
+    quality = {"QUALITY": "85"} if compress == "JPEG" else {}
     rasterio.shutil.copy(
-        src, dst, driver="COG", COMPRESS="DEFLATE", BLOCKSIZE="512", OVERVIEW_RESAMPLING=resampling,
-        BIGTIFF="IF_SAFER", NUM_THREADS="2",
+        src, dst, driver="COG", COMPRESS=compress, BLOCKSIZE="512", OVERVIEW_RESAMPLING=resampling,
+        BIGTIFF="IF_SAFER", NUM_THREADS="2", **quality,
     )  # fmt: skip
 
 
@@ -146,12 +156,15 @@ def write_stac_item(
     times = scene_times(scene)
     classes = [{"value": c.value, "name": c.name, "color_hint": c.color.lstrip("#")} for c in spec.classes]
     assets = {
-        "classes": {"href": f"./{CLASSES_TIF}", "type": "image/tiff; application=geotiff; profile=cloud-optimized",
+        "classes": {"href": f"./{CLASSES_TIF}", "type": COG_TYPE,
                     "roles": ["data"], "classification:classes": classes, "raster:bands": [{"nodata": NODATA, "data_type": "uint8"}]},
-        "confidence": {"href": f"./{CONFIDENCE_TIF}", "type": "image/tiff; application=geotiff; profile=cloud-optimized",
+        "confidence": {"href": f"./{CONFIDENCE_TIF}", "type": COG_TYPE,
                        "roles": ["data"], "raster:bands": [{"nodata": NODATA, "data_type": "uint8", "unit": "percent"}]},
         "stats": {"href": "./stats.json", "type": "application/json", "roles": ["metadata"]},
     }  # fmt: skip
+    if (folder / TRUECOLOR_TIF).exists():  # the input as a picture: STAC's roles for a true-colour view
+        assets["truecolor"] = {"href": f"./{TRUECOLOR_TIF}", "type": COG_TYPE, "title": "true colour (B04, B03, B02): reflectance 0-0.275 onto 0-255, EuroSAT's rendering",
+                               "roles": ["overview", "visual"], "raster:bands": [{"data_type": "uint8"}] * 3}  # fmt: skip
     if polygons:
         assets["polygons"] = {"href": "./polygons.geojson", "type": "application/geo+json", "roles": ["data"]}
 

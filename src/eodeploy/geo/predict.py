@@ -16,6 +16,7 @@ from eodeploy.geo.infer import classify_scene
 from eodeploy.geo.outputs import (
     CLASSES_TIF,
     CONFIDENCE_TIF,
+    TRUECOLOR_TIF,
     GeoTiffSink,
     footprint,
     scene_times,
@@ -26,6 +27,7 @@ from eodeploy.geo.outputs import (
 )
 from eodeploy.geo.sources import open_scene
 from eodeploy.geo.tiling import default_stride
+from eodeploy.geo.truecolor import rgb_scene, write_truecolor
 from eodeploy.package.repository import ModelPackage
 from eodeploy.runtime.predictor import Predictor
 
@@ -67,8 +69,9 @@ def predict_scene(
     on_warning: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Classify ``source`` (only around ``aoi``, a shapely geometry in WGS84, when given;
-    ``on_progress(fraction done, km² of the scene)``) and write classes/confidence COGs, polygons, stats.json and item.json
-    to ``out``. Outputs are built in a hidden sibling folder and renamed into place at the end,
+    ``on_progress(fraction done, km² of the scene)``) and write classes/confidence COGs, the
+    input as a true-colour COG (when it has red, green and blue bands), polygons, stats.json and
+    item.json to ``out``. Outputs are built in a hidden sibling folder and renamed into place at the end,
     so an interrupted or failed run never leaves a folder that looks complete."""
     from rasterio._env import del_gdal_config, get_gdal_config, set_gdal_config
 
@@ -170,11 +173,17 @@ def _predict_scene(
         if run.windows == 0:
             raise DataError(f"{source}: every pixel is nodata or cloud; nothing to classify")
         t_cog = time.perf_counter()
-        to_cog(sink.paths["classes"], work / CLASSES_TIF, "NEAREST")
+        to_cog(sink.paths["classes"], work / CLASSES_TIF, "MODE")  # categorical: never averaged
         to_cog(sink.paths["confidence"], work / CONFIDENCE_TIF, "AVERAGE")
         cog_seconds = time.perf_counter() - t_cog
         for p in sink.paths.values():
             p.unlink()
+        # The input as the map's backdrop, on the same grid; skipped when it has no red/green/blue.
+        t_rgb = time.perf_counter()
+        rgb = rgb_scene(scene, source, band_names=band_names, mask=mask, offset=offset, units=units)
+        if rgb is not None:
+            write_truecolor(rgb, work / TRUECOLOR_TIF, work / ("work-" + TRUECOLOR_TIF))
+        truecolor_seconds = round(time.perf_counter() - t_rgb, 2) if rgb is not None else None
         n_polygons = (
             write_polygons(work / CLASSES_TIF, work / "polygons.geojson", spec, mmu_ha) if polygons else None
         )
@@ -207,6 +216,7 @@ def _predict_scene(
             "inference_seconds": round(run.infer_seconds, 2),
             "streaming_seconds": round(run.seconds, 2),
             "cog_seconds": round(cog_seconds, 2),
+            "truecolor_seconds": truecolor_seconds,
         }
         (work / "stats.json").write_text(json.dumps(stats, indent=2))
         name = Path(source[0] if isinstance(source, list) else source).name
