@@ -41,7 +41,10 @@ console = Console()
 PAGES = ("areas", "series", "alerts", "models", "try")
 PACKAGES = (("eurosat-rgb", 1), ("eurosat-rgb", 2), ("eurosat-cnn", 3))
 JS_BUDGET = 300_000
-DATA = {"eurosat-rgb": ROOT.parent / "shared/data/eurosat_rgb_more", "eurosat-cnn": ROOT.parent / "shared/data/eurosat"}
+DATA = {
+    "eurosat-rgb": ROOT.parent / "shared/data/eurosat_rgb_more",
+    "eurosat-cnn": ROOT.parent / "shared/data/eurosat",
+}
 
 RUN_JS = """async ([model, b64, shape, repeats]) => {
   const s = await window.eodeployOrt.session(model);
@@ -61,12 +64,14 @@ RUN_JS = """async ([model, b64, shape, repeats]) => {
 def page_loads(page: Any, base: str, shots: Path | None) -> list[dict[str, Any]]:
     rows = []
     for slug in PAGES:
-        page.goto(f"{base}/dashboard/{slug}" + ("?area=lahinch" if slug == "series" else ""))
+        query = {"series": "?area=lahinch", "areas": "?area=tawi-tawi"}.get(slug, "")
+        page.goto(f"{base}/dashboard/{slug}{query}")
         page.wait_for_load_state("load")
         if slug == "areas":
             page.wait_for_selector(".tiles-classes img.leaflet-tile-loaded")
         if slug == "series":
             page.wait_for_function("window.eodeployChart !== undefined")
+        page.wait_for_function("performance.getEntriesByType('paint').length >= 2")  # after 'load'
         paints = page.evaluate(
             "() => Object.fromEntries(performance.getEntriesByType('paint').map((e) => [e.name, e.startTime]))"
         )
@@ -90,7 +95,9 @@ def b64(x: np.ndarray) -> str:
     return base64.b64encode(np.ascontiguousarray(x, np.float32).tobytes()).decode()
 
 
-def browser_runs(page: Any, base: str, limit: int | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def browser_runs(
+    page: Any, base: str, limit: int | None, shots: Path | None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     from eodeploy.evaluate.report import load_for_package
     from eodeploy.package import ModelRepository
     from eodeploy.runtime.predictor import Predictor
@@ -129,6 +136,11 @@ def browser_runs(page: Any, base: str, limit: int | None) -> tuple[list[dict[str
                 same += int((got.argmax(1) == want.argmax(1)).sum())
         parity.append({"model": model, "patches": len(x), "max_abs_dp": worst, "same_class": same / len(x)})
         console.print(speed[-1], parity[-1])
+    if shots is not None:  # the page after classifying a real patch
+        page.select_option("#model", "eurosat-rgb/1")
+        page.set_input_files("#file", str(sorted(DATA["eurosat-rgb"].rglob("*.jpg"))[123]))
+        page.wait_for_function("window.eodeployTry !== undefined")
+        page.screenshot(path=str(shots / "dashboard-try.png"), full_page=True)
     return speed, parity
 
 
@@ -148,10 +160,12 @@ def main() -> None:
     env = {"EODEPLOY_DATABASE_URL": demo["database_url"], "EODEPLOY_MONITOR_DIR": str(demo["monitor_dir"]),
            "EODEPLOY_VERSION_POLICY": "all"}  # fmt: skip
     with live_server(ROOT / "models", work / "server.log", **env) as server, sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=["--no-sandbox"])
+        browser = pw.chromium.launch(
+            executable_path="/usr/bin/chromium", headless=True, args=["--no-sandbox"]
+        )
         page = browser.new_page(viewport={"width": 1280, "height": 800})
         loads = page_loads(page, server.http, args.screenshots)
-        speed, parity = browser_runs(page, server.http, args.limit)
+        speed, parity = browser_runs(page, server.http, args.limit, args.screenshots)
         browser.close()
 
     table = Table(title="Dashboard pages (Chromium, localhost)")
@@ -163,7 +177,15 @@ def main() -> None:
                       "—" if r["page"] == "try" else ("yes" if r["javascript_bytes"] <= JS_BUDGET else "NO"))  # fmt: skip
     console.print(table)
     t2 = Table(title="In-browser inference (onnxruntime-web 1.30 WASM, 1 thread) and parity with the server")
-    for col in ("model", "session (s)", "batch 1 (ms)", "batch 32 (ms/patch)", "test patches", "max |Δp|", "same class"):
+    for col in (
+        "model",
+        "session (s)",
+        "batch 1 (ms)",
+        "batch 32 (ms/patch)",
+        "test patches",
+        "max |Δp|",
+        "same class",
+    ):
         t2.add_column(col)
     for s, p in zip(speed, parity):
         t2.add_row(s["model"], f"{s['session_s']:.2f}", f"{s['batch1_ms']:.2f}", f"{s['batch32_ms_per_patch']:.2f}",

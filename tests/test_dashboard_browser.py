@@ -182,7 +182,11 @@ def test_browser_inference_equals_the_server(open_page: Any, live: LiveServer) -
         page.wait_for_function("window.eodeployTry !== undefined", timeout=30000)
         result = page.evaluate("window.eodeployTry")
         assert result["sameClass"], (name, version, path.name, result)
-        assert result["maxDelta"] <= 1e-5, (name, version, path.name, result["maxDelta"])
+        # FP32: the same numbers to 1e-5. INT8 (eurosat-rgb v2): onnxruntime-web's WASM kernels for
+        # quantised convolutions round differently from the server's (measured up to 7.8e-3 on the
+        # test split, every class the same: benchmarks/dashboard.py), so only a looser bound holds.
+        bound = 1e-2 if (name, version) == ("eurosat-rgb", 2) else 1e-5
+        assert result["maxDelta"] <= bound, (name, version, path.name, result["maxDelta"])
     assert "Same class" in page.inner_text("#agreement")
     # A file that is not an image: the page says why, nothing breaks.
     page.set_input_files(

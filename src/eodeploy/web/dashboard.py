@@ -444,14 +444,14 @@ async def tile(request: Request, observation: int, kind: str, z: int, x: int, y:
         return path
 
     path = await run_in_threadpool(find)
+    etag = await run_in_threadpool(tiles.tile_etag, path, kind, z, x, y)
+    headers = {"ETag": etag, "Cache-Control": "private, max-age=3600"}
+    if request.headers.get("if-none-match") == etag:  # the browser has it: nothing is rendered
+        return Response(status_code=304, headers=headers)
     rendered = await run_in_threadpool(tiles.render_tile, path, kind, z, x, y)
     if rendered is None:
         return Response(status_code=204)
-    body, etag = rendered
-    headers = {"ETag": etag, "Cache-Control": "private, max-age=3600"}
-    if request.headers.get("if-none-match") == etag:
-        return Response(status_code=304, headers=headers)
-    return Response(body, media_type="image/png", headers=headers)
+    return Response(rendered.png, media_type="image/png", headers=headers)
 
 
 @router.get("/models/{name}/{version}/model.onnx")

@@ -77,7 +77,9 @@
       return opt;
     }));
     const wanted = p.observations.findIndex((o) => String(o.id) === String(obsId));
-    obsSel.selectedIndex = wanted >= 0 ? wanted : p.observations.length - 1;
+    // By default the latest clear observation (the latest one may be all cloud).
+    const clear = p.observations.map((o) => o.status).lastIndexOf("ok");
+    obsSel.selectedIndex = wanted >= 0 ? wanted : clear >= 0 ? clear : p.observations.length - 1;
     document.getElementById("dates").disabled = p.observations.length === 0;
     showObservation();
   }
