@@ -1,11 +1,9 @@
 """Browser tests: Debian's Chromium driven by Playwright, pages that record what goes wrong in them,
 and accessibility checks with the vendored axe-core.
 
-tests/conftest.py loads this module as a plugin (``pytest_plugins = ["browser"]``). It configures
-pytest-playwright rather than replacing it: the ``browser_type_launch_args`` below points the
-plugin's session-scoped ``browser`` at /usr/bin/chromium (headless; --no-sandbox as root), so the
-plugin's ``browser``/``context``/``page`` fixtures and its --tracing, --screenshot and --video
-options work, and nothing ever downloads a browser (never run ``playwright install``). Without
+tests/conftest.py loads this module as a plugin (``pytest_plugins = ["browser"]``). ``chromium`` is
+/usr/bin/chromium launched by Playwright, one per test module (nothing ever downloads a browser:
+never run ``playwright install``); ``open_page`` gives a watched page in a fresh context. Without
 Chromium or Playwright the browser tests skip, or fail when EODEPLOY_REQUIRE_EXTRAS=1.
 
     def test_map(open_page, live):           # live: a server's base URL
@@ -34,7 +32,7 @@ from eodeploy.web.assets import FETCH_COMMAND, VENDOR_DIR
 from servers import free_port, stop
 
 if TYPE_CHECKING:
-    from playwright.sync_api import ConsoleMessage, Page, Request, Response
+    from playwright.sync_api import Browser, ConsoleMessage, Page, Request, Response
 
 CHROMIUM = Path("/usr/bin/chromium")
 AXE_JS = VENDOR_DIR / "axe-core" / "axe.min.js"
@@ -52,25 +50,27 @@ def unavailable(reason: str) -> NoReturn:
 def require_browser() -> None:
     try:
         import playwright.sync_api  # noqa: F401
-        import pytest_playwright  # noqa: F401
     except ImportError:
-        unavailable("playwright and pytest-playwright are not installed: pip install -e '.[dev]'")
+        unavailable("playwright is not installed: pip install -e '.[dev]'")
     if not os.access(CHROMIUM, os.X_OK):
         unavailable(f"{CHROMIUM} is missing: apt-get install chromium (.ci/run does)")
 
 
-@pytest.fixture(scope="session")
-def browser_type_launch_args(browser_type_launch_args: dict[str, Any], browser_name: str) -> dict[str, Any]:
-    """pytest-playwright's launch options, pointed at Debian's Chromium."""
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[Browser]:
+    """Debian's Chromium, headless (--no-sandbox as root), one per test module. Module-scoped on
+    purpose: Playwright's sync API runs an event loop in this thread while it is started, and a
+    session-long one broke every later test that calls asyncio.run()."""
     require_browser()
-    if browser_name != "chromium":
-        pytest.fail(
-            f"--browser {browser_name}: the browser tests run on Debian's Chromium only", pytrace=False
-        )
-    args = list(browser_type_launch_args.get("args", []))
-    if os.geteuid() == 0:
-        args.append("--no-sandbox")  # Chromium refuses to run sandboxed as root
-    return {"headless": True, **browser_type_launch_args, "executable_path": str(CHROMIUM), "args": args}
+    from playwright.sync_api import sync_playwright
+
+    args = ["--no-sandbox"] if os.geteuid() == 0 else []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=args)
+        try:
+            yield browser
+        finally:
+            browser.close()
 
 
 @dataclass
@@ -126,13 +126,15 @@ def watch(page: Page) -> WatchedPage:
 @pytest.fixture
 def open_page(request: pytest.FixtureRequest) -> Callable[..., WatchedPage]:
     """``open_page(url=None, **context_options)``: a new page in a fresh browser context
-    (pytest-playwright's ``new_context``, closed after the test), watched from its first request;
+    (closed after the test), watched from its first request;
     it goes to ``url`` when one is given."""
-    require_browser()
-    new_context = request.getfixturevalue("new_context")
+    browser = request.getfixturevalue("chromium")
+    contexts: list[Any] = []
+    request.addfinalizer(lambda: [c.close() for c in contexts])
 
     def open_(url: str | None = None, **context_options: Any) -> WatchedPage:
-        watched = watch(new_context(**context_options).new_page())
+        contexts.append(browser.new_context(**context_options))
+        watched = watch(contexts[-1].new_page())
         if url is not None:
             watched.page.goto(url)
         return watched

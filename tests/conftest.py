@@ -15,7 +15,7 @@ import pytest
 from eodeploy.data.eurosat import EUROSAT_MS_BANDS
 from eodeploy.package import ModelRepository, ModelSpec, default_classes
 
-# Browser tests: pytest-playwright pointed at Debian's Chromium, watched pages, axe (tests/browser.py).
+# Browser tests: Debian's Chromium through Playwright, watched pages, axe (tests/browser.py).
 pytest_plugins = ["browser"]
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
