@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -461,3 +460,112 @@ def test_history_cli(tmp_path: Path) -> None:
             app, ["models", "rollout", "tiny", "--candidate", "9", "--repo", str(repo.root)], env=env
         ).output
     )
+
+
+# --- the chain on a real server ---------------------------------------------------------------
+def _now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class Traffic(threading.Thread):
+    """Unaddressed requests (the split decides the version) one after another, each remembered
+    with when it left, when its answer came, its status and the version that answered."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(daemon=True)
+        self.url = f"{url}/v2/models/tiny/infer"
+        self.stop = threading.Event()
+        self.log: list[tuple[datetime, datetime, int, str]] = []
+
+    def run(self) -> None:
+        rng = np.random.default_rng(3)
+        session = requests.Session()
+        i = 0
+        while not self.stop.is_set():
+            patch = make_patch(CLASSES[i % 3], rng)[None].astype(np.float32)
+            i += 1
+            header = json.dumps({"inputs": [{"name": "input", "shape": list(patch.shape), "datatype": "FP32",
+                                              "parameters": {"binary_data_size": patch.nbytes}}]}).encode()  # fmt: skip
+            sent = _now()
+            try:
+                r = session.post(self.url, data=header + patch.tobytes(), timeout=30,
+                                 headers={"Inference-Header-Content-Length": str(len(header))})  # fmt: skip
+                status, version = r.status_code, r.json().get("model_version", "") if r.ok else r.text
+            except requests.RequestException as exc:
+                status, version = 0, str(exc)
+            self.log.append((sent, _now(), status, version))
+
+
+def allowed_versions(
+    decisions: list[dict[str, Any]], initial: set[str]
+) -> list[tuple[datetime, datetime | None, set[str]]]:
+    """Each split written: (written, served by the server, versions it routes to). A split is in
+    force at most from its write until the next split is served."""
+    out: list[tuple[datetime, datetime | None, set[str]]] = [(datetime.min, datetime.min, initial)]
+    for d in decisions:
+        if d["action"] not in ("start", "step", "restart", "rollback", "promote"):
+            continue
+        labels, share = d["labels"], d["to_share"] if "canary" in d["labels"] else 0.0
+        versions = {str(labels["canary"])} if share == 100 else {str(labels["stable"])}
+        if 0 < share < 100:
+            versions.add(str(labels["canary"]))
+        at = datetime.fromisoformat(d["at"].rstrip("Z"))
+        assert d["applied_at"], d  # the controller saw the server serve every split it wrote
+        out.append((at, datetime.fromisoformat(d["applied_at"].rstrip("Z")), versions))
+    return out
+
+
+def test_v2_promoted_then_v3_rolled_back_on_the_real_server(tmp_path: Path, db_url: str) -> None:
+    repo = three_versions(tmp_path)
+    ServingConfig(POLICY, {"stable": 1}).write(repo.root / "tiny")
+    env = {"EODEPLOY_POLL_INTERVAL_S": "0.2", "EODEPLOY_CANARY_MIRROR_SHARE": "1.0",
+           "EODEPLOY_DATABASE_URL": db_url, "EODEPLOY_DASHBOARD": "false"}  # fmt: skip
+    db = Database(db_url)
+    with live_server(repo.root, tmp_path / "server.log", **env) as server:
+        traffic = Traffic(server.http)
+        traffic.start()
+        try:
+            th = Thresholds(min_requests=5, p99_slack_s=0.1)  # a shared 2-core machine: latency is noisy
+            results = []
+            for candidate in (2, 3):
+                opts = RolloutOptions(candidate, window_s=1.0, thresholds=th, apply_timeout_s=30)
+                c = Controller(repo.root, "tiny", opts, http_source([server.http]), db, POLICY)
+                results.append(c.run())
+        finally:
+            traffic.stop.set()
+            traffic.join(30)
+    assert results == ["promoted", "rolled_back"]
+    assert labels_of(repo) == ({"stable": 2}, 0.0)
+    failed = [entry for entry in traffic.log if entry[2] != 200]
+    assert not failed and len(traffic.log) > 200, (failed[:5], len(traffic.log))
+    decisions = rows(db)
+    splits = allowed_versions(decisions, {"1"})
+    wrong = []
+    for sent, answered, _, version in traffic.log:
+        allowed: set[str] = set()
+        for i, (written, _, versions) in enumerate(splits):
+            served_next = splits[i + 1][1] if i + 1 < len(splits) else None
+            if written <= answered and (served_next is None or sent <= served_next):
+                allowed |= versions
+        if version not in allowed:
+            wrong.append((sent, answered, version, allowed))
+    assert not wrong, wrong[:5]
+    answered_by = {v for *_, v in traffic.log}
+    assert answered_by == {"1", "2", "3"}  # every version answered while the split allowed it
+    first, second = (
+        [d for d in decisions if d["rollout_id"] == rid]
+        for rid in sorted({d["rollout_id"] for d in decisions})
+    )
+    assert [d["action"] for d in first if d["action"] != "window"] == [
+        "start",
+        "step",
+        "step",
+        "step",
+        "promote",
+    ]
+    assert [d["action"] for d in second if d["action"] != "window"] == ["start", "rollback"]
+    bad = [d for d in second if d["verdict"] == FAIL]
+    assert len(bad) == 3 and all("agreement 0.0 %" in d["reason"] for d in bad), [d["reason"] for d in bad]
+    assert all(d["verdict"] in (PASS, INCONCLUSIVE) for d in first if d["action"] == "window")
+    assert all(d["figures"]["mirrored"] >= 20 for d in bad)
+    db.dispose()

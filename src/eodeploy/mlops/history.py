@@ -59,13 +59,15 @@ def record(
     verdict: str | None = None,
     labels: dict[str, int] | None = None,
     figures: dict[str, Any] | None = None,
+    at: datetime | None = None,
 ) -> Decision:
+    """``at``: when the decision took effect (a split is decided when serving.json is written)."""
     if action not in ACTIONS:
         raise ValueError(f"unknown decision {action!r}")
     row = Decision(
         model=model, rollout_id=rollout_id, actor=actor, action=action, champion=champion,
         candidate=candidate, from_share=from_share, to_share=to_share, verdict=verdict,
-        labels=dict(labels or {}), reason=reason, figures=dict(figures or {}),
+        labels=dict(labels or {}), reason=reason, figures=dict(figures or {}), at=at or utcnow(),
     )  # fmt: skip
     s.add(row)
     s.flush()

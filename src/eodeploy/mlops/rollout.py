@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,8 @@ from eodeploy.serve.policy import ServingConfig, VersionPolicy
 log = logging.getLogger("eodeploy.mlops.rollout")
 
 DEFAULT_STEPS = (10.0, 25.0, 50.0, 100.0)
+#: Decisions that write serving.json: recorded at the moment of the write.
+_WRITES = ("step", "restart", "rollback", "promote")
 
 
 def parse_steps(value: str | Sequence[float]) -> tuple[float, ...]:
@@ -115,6 +117,7 @@ class Controller:
         self._started = time.monotonic()
         self._lock = threading.Lock()
         self._lease: Any = None
+        self._written_at: datetime | None = None
         self._wait_applied = True
 
     # --- state ----------------------------------------------------------------------------------
@@ -227,7 +230,7 @@ class Controller:
                 f"rollback after {self.opts.max_failures} failed windows"
                 f"{', manual gate before 100 %' if self.opts.gate else ''}",
                 champion=champion, candidate=self.candidate, from_share=before, to_share=self.share,
-                labels=labels, figures={"options": _options(self.opts)},
+                labels=labels, figures={"options": _options(self.opts)}, at=self._written_at,
             )  # fmt: skip
             self.rollout_id = row.id
             self._seen = row.id
@@ -418,6 +421,7 @@ class Controller:
             labels["canary"] = canary
         cfg.labels, cfg.canary_percent = labels, percent if canary is not None else 0.0
         cfg = ServingConfig.from_dict(cfg.to_dict(), cfg.policy, f"{self.model}/serving.json")
+        self._written_at = utcnow()
         cfg.write(self.repo.root / self.model)
         return labels
 
@@ -477,6 +481,7 @@ class Controller:
                 from_share=self.share if from_share is None and action == "window" else from_share,
                 to_share=self.share if to_share is None and action == "window" else to_share,
                 verdict=verdict, labels=labels, figures=figures,
+                at=self._written_at if action in _WRITES else None,
             )  # fmt: skip
             row_id = row.id
         self._seen = max(self._seen, row_id)
