@@ -151,7 +151,8 @@ class Thresholds:
     """Flagger-style checks, relative to the champion. The defaults are the plan's: error rate at
     most 0.5 points above the champion's, p99 at most 1.5x the champion's (and never failed for
     less than ``p99_slack_s`` more: histogram buckets cannot resolve finer), top-1 agreement on
-    mirrored inputs at least 90 %, and fewer than ``min_requests`` candidate requests decide nothing."""
+    mirrored inputs at least 90 % (p99 judged from 50 candidate requests, agreement from 20
+    mirrored patches), and fewer than ``min_requests`` candidate requests decide nothing."""
 
     min_requests: int = 20
     max_error_increase: float = 0.005
@@ -159,6 +160,8 @@ class Thresholds:
     p99_slack_s: float = 0.010
     min_agreement: float = 0.90
     min_mirrored: int = 20
+    #: A p99 of fewer requests is their maximum: one slow request would fail the window.
+    min_latency_requests: int = 50
 
 
 PASS, FAIL, INCONCLUSIVE = "pass", "fail", "inconclusive"
@@ -215,7 +218,9 @@ def evaluate(
         failed.append(f"{line} + {100 * th.max_error_increase:.1f} pt")
     else:
         passed.append(line)
-    if c.p99_s is not None and ref is not None and ref.p99_s is not None:
+    if c.requests < th.min_latency_requests:
+        passed.append(f"p99 not judged ({c.requests} candidate requests < {th.min_latency_requests})")
+    elif c.p99_s is not None and ref is not None and ref.p99_s is not None:
         limit = max(th.p99_ratio * ref.p99_s, ref.p99_s + th.p99_slack_s)
         line = f"p99 {_ms(c.p99_s)} ms vs limit {_ms(limit)} ms (champion {_ms(ref.p99_s)} ms)"
         (failed if c.p99_s > limit else passed).append(line)
