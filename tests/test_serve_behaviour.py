@@ -419,8 +419,10 @@ def test_redis_down_degrades_to_misses(tmp_path: Path, client_for, raw_patches: 
     np.testing.assert_allclose(r.json()["predictions"], reference_proba(raw_patches[:1]), atol=1e-5)
 
 
-def test_route_cli_writes_serving_json(tmp_path: Path) -> None:
+def test_route_cli_writes_serving_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from typer.testing import CliRunner
+
+    monkeypatch.setenv("EODEPLOY_DATABASE_URL", f"sqlite:///{tmp_path / 'history.db'}")  # route records
 
     from eodeploy.cli.main import app
 

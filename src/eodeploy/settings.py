@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import SecretStr
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     #: Largest request body and largest number of patches in one request.
     max_body_mib: float = 64.0
     max_request_patches: int = 1024
+    #: While a model has a canary, the share (0-1) of answers also run on the other side of the
+    #: split to compare top-1 classes (off the request path; see eodeploy.mlops.mirror).
+    canary_mirror_share: float = Field(0.1, ge=0.0, le=1.0)
     #: JSON access logs (one line per request, with its request id).
     log_json: bool = True
 

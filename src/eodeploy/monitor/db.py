@@ -432,3 +432,6 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+from eodeploy.mlops import history as _history  # noqa: E402,F401  tables

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from eodeploy.errors import InvalidInputError, PayloadTooLargeError
+from eodeploy.mlops.mirror import Mirror
 from eodeploy.runtime.preprocess import as_channels_first
 from eodeploy.serve.cache import ResponseCache, cache_key_async
 from eodeploy.serve.errors import outcome_of
@@ -61,6 +62,7 @@ class InferenceService:
         self.metrics = metrics
         self.cache = cache
         self.max_request_patches = max_request_patches
+        self.mirror = Mirror(registry, metrics.registry, registry.settings.canary_mirror_share)
 
     @asynccontextmanager
     async def track(self, name: str, protocol: str) -> AsyncIterator[RequestTrack]:
@@ -123,11 +125,13 @@ class InferenceService:
                 hit = await self.cache.get(key)
                 if hit is not None and len(hit) == len(raw):
                     self.metrics.cache_hits.labels(model=served.name).inc()
+                    self.mirror.offer(served, raw, band_names, units, hit)
                     return InferenceResult(served, hit, cached=True)
                 self.metrics.cache_misses.labels(model=served.name).inc()
             proba = await served.batcher.submit(raw, band_names, units)
             if key is not None and self.cache is not None:
                 await self.cache.put(key, proba)
+            self.mirror.offer(served, raw, band_names, units, proba)
             return InferenceResult(served, proba)
 
     def _check(self, served: ServedModel, raw: np.ndarray) -> np.ndarray:

@@ -11,6 +11,7 @@ from starlette.responses import RedirectResponse, Response
 
 from eodeploy.serve.app import create_inference_app
 from eodeploy.settings import Settings
+from eodeploy.web.rollout_api import router as rollout_router
 
 
 def create_app(settings: Settings | None = None, grpc: bool = True) -> FastAPI:
@@ -28,6 +29,7 @@ def create_app(settings: Settings | None = None, grpc: bool = True) -> FastAPI:
         app.state.monitor_lock = threading.Lock()  # one background monitoring run at a time
         app.include_router(monitor_router)
         app.state.metrics.registry.register(MonitorCollector(lambda: app_database(app.state)))
+    app.include_router(rollout_router)
     if settings.dashboard:
         from eodeploy.web import dashboard
 
