@@ -28,6 +28,9 @@ def create_app(settings: Settings | None = None, grpc: bool = True) -> FastAPI:
         app.state.monitor_lock = threading.Lock()  # one background monitoring run at a time
         app.include_router(monitor_router)
         app.state.metrics.registry.register(MonitorCollector(lambda: app_database(app.state)))
+    from eodeploy.web.doctor_api import router as doctor_router  # GET /doctor (admin)
+
+    app.include_router(doctor_router)
     if settings.dashboard:
         from eodeploy.web import dashboard
 
