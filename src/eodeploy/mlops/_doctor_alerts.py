@@ -108,7 +108,9 @@ def webhook_dry_run(settings: Settings, url: str, timeout_s: float) -> Check:
             name,
             FAIL,
             f"the URL guard refuses it: {exc}",
-            "use a public receiver, or allow it with EODEPLOY_ALLOWED_URL_HOSTS",
+            "check the host name and this host's DNS"
+            if "does not resolve" in str(exc)
+            else "use a public receiver, or allow it with EODEPLOY_ALLOWED_URL_HOSTS",
         )
     parts = urlsplit(url)
     host, port = parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)

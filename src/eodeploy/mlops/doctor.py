@@ -436,8 +436,8 @@ def scaling_check(pkg: Any) -> Check:
         "model",
         name,
         OK,
-        f"units {spec.units}, z-score scaling matches the training data; baseline-04.00 inputs "
-        f"are brought back by their declared offset{extra}",
+        f"units {spec.units}, z-score scaling matches the training data (files of baseline >= 04.00 "
+        f"lose their +1000 DN offset on reading){extra}",
     )
 
 
