@@ -79,6 +79,8 @@ class Settings(BaseSettings):
     dashboard: bool = True
     #: Where each observation's maps (COGs, polygons, preview) are kept.
     monitor_dir: Path = Path("monitoring")
+    #: Where SQLite database backups are kept (``eodeploy doctor`` looks there and beside the file).
+    backup_dir: Path | None = None
     #: One run per area at a time across processes and hosts: a lease this long, renewed every third
     #: of it while the area runs; a lease its holder stopped renewing (it died) is taken over.
     monitor_lease_s: float = 120.0

@@ -11,6 +11,7 @@ from starlette.responses import RedirectResponse, Response
 
 from eodeploy.serve.app import create_inference_app
 from eodeploy.settings import Settings
+from eodeploy.web.doctor_api import router as doctor_router
 from eodeploy.web.rollout_api import router as rollout_router
 
 
@@ -30,6 +31,7 @@ def create_app(settings: Settings | None = None, grpc: bool = True) -> FastAPI:
         app.include_router(monitor_router)
         app.state.metrics.registry.register(MonitorCollector(lambda: app_database(app.state)))
     app.include_router(rollout_router)
+    app.include_router(doctor_router)
     if settings.dashboard:
         from eodeploy.web import dashboard
 
