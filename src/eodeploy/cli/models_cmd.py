@@ -127,3 +127,12 @@ def route(
     cfg = ServingConfig.from_dict(cfg.to_dict(), cfg.policy, f"{name}/serving.json")  # validate
     cfg.write(r.root / name)
     console.print_json(json.dumps(cfg.to_dict()))
+
+
+def _accuracy_command() -> None:
+    from eodeploy.cli import feedback_cmd
+
+    app.command("accuracy")(feedback_cmd.accuracy)
+
+
+_accuracy_command()

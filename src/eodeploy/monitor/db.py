@@ -432,3 +432,6 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+from eodeploy.mlops import feedback as _feedback, triggers as _triggers  # noqa: E402,F401,I001  tables

@@ -28,6 +28,9 @@ def create_app(settings: Settings | None = None, grpc: bool = True) -> FastAPI:
         app.state.monitor_lock = threading.Lock()  # one background monitoring run at a time
         app.include_router(monitor_router)
         app.state.metrics.registry.register(MonitorCollector(lambda: app_database(app.state)))
+    from eodeploy.web.feedback_api import router as feedback_router  # POST /feedback, accuracy
+
+    app.include_router(feedback_router)
     if settings.dashboard:
         from eodeploy.web import dashboard
 

@@ -328,3 +328,35 @@ def alerts(
 def ack(request: Request, alert_id: AlertId, by: str | None = Query(None, max_length=200)) -> Response:
     with _db(request).session() as s:
         return _respond(alert_dict(acknowledge(s, alert_id, by)))
+
+
+class VerdictIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    verdict: str = Field(description="true_positive or false_positive")
+    by: str | None = Field(default=None, max_length=200)
+    note: str | None = Field(default=None, max_length=2000)
+
+
+@router.post("/alerts/{alert_id}/verdict", summary="Mark an alert a true or false positive")
+def verdict(request: Request, alert_id: AlertId, body: VerdictIn) -> Response:
+    from eodeploy.mlops.feedback import set_alert_verdict
+
+    with _db(request).session() as s:
+        return _respond(set_alert_verdict(s, alert_id, body.verdict, body.by, body.note))
+
+
+ObservationId = Annotated[int, Path(ge=1, le=_ID_MAX, description="an observation id from an area's series")]
+
+
+@router.post("/observations/{observation_id}/labels", summary="Correct a map by labelled points (GeoJSON)")
+def observation_labels(
+    request: Request,
+    observation_id: ObservationId,
+    body: dict[str, Any],
+    by: str | None = Query(None, max_length=200),
+) -> Response:
+    from eodeploy.mlops.feedback import label_observation
+
+    with _db(request).session() as s:
+        out = label_observation(s, observation_id, body, request.app.state.settings.feedback_holdout, by)
+    return _respond(out, 201)
