@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
@@ -11,6 +13,17 @@ from rich.table import Table
 
 from eodeploy.cli._common import RepoOpt, console, err_console, handle_errors, progress, repo_path
 from eodeploy.cli.monitor_cmd import DbOpt, _database, _settings
+
+
+@contextmanager
+def _open(cfg: Any) -> Iterator[Any]:
+    """The database, its connections closed when the command ends."""
+    database = _database(cfg)
+    try:
+        yield database
+    finally:
+        database.dispose()
+
 
 triggers_app = typer.Typer(
     help="Retraining triggers: scheduled, live accuracy, drift, feedback volume.", no_args_is_help=True
@@ -29,7 +42,7 @@ def accuracy(
 
     cfg = _settings(db)
     window: int | timedelta | None = last if last else timedelta(days=days) if days else None
-    with _database(cfg).session() as s:
+    with _open(cfg) as database, database.session() as s:
         by_version = accuracy_by_version(s, name, window, min_labels=cfg.feedback_min_labels)
     if not by_version:
         console.print(f"no feedback for {name} yet (POST /feedback, or label an observation's map)")
@@ -58,13 +71,13 @@ def check(
     from eodeploy.package import ModelRepository
 
     cfg = _settings(db, repo)
-    database = _database(cfg)
-    new = check_triggers(database, ModelRepository(repo_path(repo)), cfg)
-    for t in new:
-        console.print(f"[bold]{t['kind']}[/] {t['message']}", highlight=False)
-    console.print(f"{len(new)} new trigger(s)")
-    if send:
-        counts = send_trigger_alerts(database, cfg)
+    with _open(cfg) as database:
+        new = check_triggers(database, ModelRepository(repo_path(repo)), cfg)
+        for t in new:
+            console.print(f"[bold]{t['kind']}[/] {t['message']}", highlight=False)
+        console.print(f"{len(new)} new trigger(s)")
+        counts = send_trigger_alerts(database, cfg) if send else None
+    if counts is not None:
         console.print(
             f"trigger alerts: {counts['sent']} sent, {counts['failed']} failed (retried next check)"
         )
@@ -78,7 +91,7 @@ def list_(
     """Recorded triggers, newest first."""
     from eodeploy.mlops.triggers import list_triggers
 
-    with _database(_settings(db)).session() as s:
+    with _open(_settings(db)) as database, database.session() as s:
         rows = list_triggers(s, model)
     table = Table(title="retraining triggers")
     for col in ("id", "when", "kind", "model", "reason", "retrained as"):
@@ -106,7 +119,7 @@ def retrain(
     from eodeploy.package import ModelRepository
 
     cfg = _settings(db, repo)
-    with progress() as bar:
+    with _open(cfg) as database, progress() as bar:
         task = bar.add_task("retraining", total=epochs, info="")
 
         def on_epoch(epoch: int, row: dict[str, float]) -> None:
@@ -115,7 +128,7 @@ def retrain(
                 err_console.print(f"epoch {epoch}: val acc {row['val_acc']:.3f}")
 
         pkg, summary = run(
-            _database(cfg), ModelRepository(repo_path(repo)), cfg, name, data, version, on_epoch, epochs
+            database, ModelRepository(repo_path(repo)), cfg, name, data, version, on_epoch, epochs
         )
     t = summary["test"]
     console.print(

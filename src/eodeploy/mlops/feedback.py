@@ -286,16 +286,29 @@ def _upsert(session: Session, key: str, **values: Any) -> Feedback:
     return row
 
 
-def record_feedback(
-    session: Session,
+@dataclass(frozen=True)
+class LabelledPatch:
+    """Feedback checked against what was served, ready to store (no database touched yet)."""
+
+    request_id: str
+    index: int
+    model: str
+    version: int
+    predicted: str
+    label: str
+    confidence: float
+    patch: np.ndarray  # model bands and units
+
+
+def check_feedback(
     recent: RecentPredictions | None,
     settings: Settings,
     request_id: str,
     label: str,
     index: int | None = None,
-    by: str | None = None,
-) -> dict[str, Any]:
-    """Store the true ``label`` of patch ``index`` of the request ``request_id`` (and its patch)."""
+) -> LabelledPatch:
+    """The served prediction ``request_id`` names, with its true ``label``: 404 when it is not (or
+    no longer) remembered, 400 for a missing/out-of-range index or a label not among its classes."""
     item = recent.get(request_id) if recent is not None else None
     if item is None:
         hours = settings.feedback_recent_hours
@@ -318,20 +331,41 @@ def record_feedback(
     classes = list(item.spec.class_names)
     _check_label(label, classes, item.model, item.version)
     p = item.probabilities[index]
-    predicted = classes[int(p.argmax())]
     from eodeploy.runtime.preprocess import to_model_units
 
     patch = to_model_units(item.raw[index : index + 1], item.spec, item.band_names, item.units)[0]
-    key = f"request:{request_id}:{index}"
+    return LabelledPatch(request_id, index, item.model, item.version, classes[int(p.argmax())], label,
+                         float(p.max()), patch)  # fmt: skip
+
+
+def record_feedback(
+    session: Session,
+    recent: RecentPredictions | None,
+    settings: Settings,
+    request_id: str,
+    label: str,
+    index: int | None = None,
+    by: str | None = None,
+) -> dict[str, Any]:
+    """Store the true ``label`` of patch ``index`` of the request ``request_id`` (and its patch)."""
+    return store_feedback(session, check_feedback(recent, settings, request_id, label, index), settings, by)
+
+
+def store_feedback(
+    session: Session, fb: LabelledPatch, settings: Settings, by: str | None = None
+) -> dict[str, Any]:
+    """The feedback row (replacing an earlier label of the same patch) and its patch, then pruning."""
+    key = f"request:{fb.request_id}:{fb.index}"
     row = _upsert(
-        session, key, source="request", model_name=item.model, model_version=item.version,
-        predicted=predicted, label=label, correct=predicted == label, confidence=float(p.max()),
-        request_id=request_id, patch_index=index, holdout=_held_back(key, settings.feedback_holdout), by=by,
+        session, key, source="request", model_name=fb.model, model_version=fb.version,
+        predicted=fb.predicted, label=fb.label, correct=fb.predicted == fb.label, confidence=fb.confidence,
+        request_id=fb.request_id, patch_index=fb.index, holdout=_held_back(key, settings.feedback_holdout),
+        by=by,
     )  # fmt: skip
-    data = _npy(patch)
+    data = _npy(fb.patch)
     stored = session.get(FeedbackPatch, row.id)
     if stored is None:
-        session.add(FeedbackPatch(feedback_id=row.id, model_name=item.model, data=data, nbytes=len(data)))
+        session.add(FeedbackPatch(feedback_id=row.id, model_name=fb.model, data=data, nbytes=len(data)))
     else:
         stored.data, stored.nbytes, stored.created_at = data, len(data), utcnow()
     session.flush()

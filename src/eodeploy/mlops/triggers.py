@@ -37,7 +37,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from eodeploy.errors import ConflictError
-from eodeploy.mlops.feedback import Feedback, accuracy_by_version
+from eodeploy.mlops import feedback as fb  # a module: imported while monitor.db loads its tables
 from eodeploy.monitor.alerts import Outbox, deliver_pending
 from eodeploy.monitor.db import Area, Base, Database, Observation, utcnow
 from eodeploy.package.repository import ModelPackage, ModelRepository
@@ -169,12 +169,12 @@ def check_triggers(
                                f"v{v} is {age:.1f} days old (schedule: every {days:g} days)",
                                {"age_days": round(age, 2), "every_days": days}))  # fmt: skip
         with db.session() as s:
-            by_version = accuracy_by_version(s, name, min_labels=settings.feedback_min_labels)
+            by_version = fb.accuracy_by_version(s, name, min_labels=settings.feedback_min_labels)
             labels_since = (
                 s.scalar(
                     select(func.count())
-                    .select_from(Feedback)
-                    .where(Feedback.model_name == name, Feedback.created_at > since)
+                    .select_from(fb.Feedback)
+                    .where(fb.Feedback.model_name == name, fb.Feedback.created_at > since)
                 )
                 or 0
             )

@@ -20,6 +20,7 @@ from starlette.responses import Response
 from eodeploy.errors import NotFoundError
 from eodeploy.serve.auth import require_admin
 from eodeploy.serve.errors import json_response
+from eodeploy.web.monitor_api import _no_nul, app_database
 
 
 @asynccontextmanager
@@ -31,7 +32,9 @@ async def _lifespan(app: Any) -> AsyncIterator[None]:
     yield
 
 
-router = APIRouter(tags=["Feedback"], dependencies=[Depends(require_admin)], lifespan=_lifespan)
+router = APIRouter(
+    tags=["Feedback"], dependencies=[Depends(require_admin), Depends(_no_nul)], lifespan=_lifespan
+)
 
 
 class FeedbackIn(BaseModel):
@@ -45,21 +48,20 @@ class FeedbackIn(BaseModel):
 
 
 def _db(request: Request) -> Any:
-    from eodeploy.web.monitor_api import app_database
-
     return app_database(request.app.state)
 
 
 @router.post("/feedback", summary="The true label of a served prediction", status_code=201)
 def post_feedback(request: Request, body: FeedbackIn) -> Response:
-    from eodeploy.mlops.feedback import record_feedback
+    from eodeploy.mlops.feedback import check_feedback, store_feedback
 
     settings = request.app.state.settings
     if not settings.feedback:
         raise NotFoundError("feedback is off on this server (EODEPLOY_FEEDBACK=false)")
+    # Checked against what was served before the database is opened: a bad request costs nothing.
+    fb = check_feedback(request.app.state.inference.recent, settings, body.request_id, body.label, body.index)
     with _db(request).session() as s:
-        out = record_feedback(s, request.app.state.inference.recent, settings, body.request_id, body.label,
-                              body.index, body.by)  # fmt: skip
+        out = store_feedback(s, fb, settings, body.by)
     return json_response(out, 201)
 
 
