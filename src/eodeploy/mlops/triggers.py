@@ -38,7 +38,6 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from eodeploy.errors import ConflictError
 from eodeploy.mlops import feedback as fb  # a module: imported while monitor.db loads its tables
-from eodeploy.monitor.alerts import Outbox, deliver_pending
 from eodeploy.monitor.db import Area, Base, Database, Observation, utcnow
 from eodeploy.package.repository import ModelPackage, ModelRepository
 from eodeploy.settings import Settings
@@ -82,7 +81,12 @@ class TriggerDelivery(Base):
     claimed_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
 
 
-TRIGGERS = Outbox(delivery=TriggerDelivery, parent=RetrainTrigger, fk="trigger_id", kind="trigger")
+def outbox() -> Any:
+    """The alerts' outbox over the trigger tables (``monitor.alerts.Outbox``; imported here, not at
+    the top: ``monitor.db`` loads this module while ``monitor.alerts`` may still be loading)."""
+    from eodeploy.monitor.alerts import Outbox
+
+    return Outbox(delivery=TriggerDelivery, parent=RetrainTrigger, fk="trigger_id", kind="trigger")
 
 
 def drift_flags(session: Session, area_id: int, last: int = 5) -> list[bool]:
@@ -218,7 +222,9 @@ def check_triggers(
 
 def send_trigger_alerts(db: Database, settings: Settings) -> dict[str, int]:
     """Deliver pending trigger alerts through the alerts' outbox (webhook and e-mail)."""
-    return deliver_pending(db, settings, box=TRIGGERS)
+    from eodeploy.monitor.alerts import deliver_pending
+
+    return deliver_pending(db, settings, box=outbox())
 
 
 def mark_retrained(session: Session, model: str, version: int) -> int:
