@@ -443,12 +443,17 @@ def test_schemathesis_keys_on_and_401_without_key(tmp_path: Path) -> None:
         open_ops, refused = [], []
         for path, ops in doc["paths"].items():
             url = srv.http + path.replace("{name}", "tiny").replace("{version}", "1").replace(
-                "{label}", "stable").replace("{run_id}", "1").replace("{alert_id}", "1")  # fmt: skip
+                "{label}", "stable").replace("{run_id}", "1").replace("{alert_id}", "1").replace(
+                "{observation_id}", "1")  # fmt: skip
             for method in ops:
                 r = requests.request(method, url, json={} if method in ("post", "patch") else None)
                 assert r.status_code < 500, (method, path, r.status_code, r.text)
                 (refused if r.status_code == 401 else open_ops).append(f"{method.upper()} {path}")
-        protected = [o for o in refused + open_ops if re.search(r"infer|predict|repository|/monitor|/doctor", o)]
+        protected = [
+            o
+            for o in refused + open_ops
+            if re.search(r"infer|predict|repository|/monitor|/doctor|/feedback", o)
+        ]
         assert sorted(protected) == sorted(refused), open_ops
         assert all(re.search(r"health|/metrics|^GET /v[12]", o) for o in open_ops), open_ops
         assert len(refused) >= 20

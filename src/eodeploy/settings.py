@@ -105,6 +105,36 @@ class Settings(BaseSettings):
     smtp_starttls: bool = False
     smtp_timeout_s: float = 10.0
 
+    # --- Feedback (POST /feedback, live accuracy, retraining triggers; eodeploy.mlops.feedback) ---
+    #: Remember recent predictions by request id so feedback can name them: at most this many
+    #: requests and MiB (inputs included), each for at most this long; the oldest go first.
+    feedback: bool = True
+    feedback_recent_requests: int = 10_000
+    feedback_recent_mib: float = 256.0
+    feedback_recent_hours: float = 24.0
+    #: Labelled feedback patches kept for retraining (in the database): at most this many and MiB,
+    #: none older than this many days (the labels themselves are kept for accuracy).
+    feedback_max_patches: int = 20_000
+    feedback_max_patch_mib: float = 2048.0
+    feedback_retention_days: float = 365.0
+    #: Share of feedback patches held back from retraining to evaluate the new candidate on.
+    feedback_holdout: float = 0.2
+    #: No accuracy-based decision (trigger, canary) on fewer labels than this per model version:
+    #: at 82.7 % the Wilson 95 % interval is +-10 points at 50 labels, +-5 at 200.
+    feedback_min_labels: int = 200
+    #: Retraining triggers: scheduled (days since the latest version, per model name, "*" for
+    #: all; e.g. {"*": 30}), accuracy (live lower bound below test accuracy minus this margin),
+    #: drift (flagged on at least N of the last M clear observations of an area), feedback volume
+    #: (this many new labels since the latest version was trained).
+    retrain_every_days: dict[str, float] = {}
+    retrain_accuracy_margin: float = 0.05
+    retrain_drift_flagged: int = 3
+    retrain_drift_last: int = 5
+    retrain_feedback_labels: int = 500
+    #: Where trigger alerts go (areas' own webhook/e-mails get their drift triggers too).
+    trigger_webhook_url: str | None = None
+    trigger_emails: list[str] = []
+
 
 def cache_dir() -> Path:
     """Where decoded training patches are cached: ``EODEPLOY_CACHE_DIR``, else the user cache."""

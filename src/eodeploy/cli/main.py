@@ -8,7 +8,16 @@ from typing import Annotated
 
 import typer
 
-from eodeploy.cli import data_cmd, doctor_cmd, models_cmd, monitor_cmd, optimize_cmd, predict_cmd, serve_cmd
+from eodeploy.cli import (
+    data_cmd,
+    doctor_cmd,
+    feedback_cmd,
+    models_cmd,
+    monitor_cmd,
+    optimize_cmd,
+    predict_cmd,
+    serve_cmd,
+)
 from eodeploy.cli._common import RepoOpt, console, err_console, handle_errors, progress, repo_path, settings
 
 app = typer.Typer(
@@ -25,6 +34,8 @@ app.command("optimize")(optimize_cmd.optimize)
 app.command("benchmark")(optimize_cmd.benchmark)
 app.command("predict")(predict_cmd.predict)
 app.command("doctor")(doctor_cmd.doctor)
+app.command("retrain")(feedback_cmd.retrain)
+app.add_typer(feedback_cmd.triggers_app, name="triggers")
 
 
 @app.command()

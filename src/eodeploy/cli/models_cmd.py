@@ -195,7 +195,7 @@ def rollout(
         assert candidate is not None
         options = RolloutOptions(
             candidate, parse_steps(steps), window_s, window_requests, max_failures, gate,
-            Thresholds(min_requests=min_requests),
+            Thresholds(min_requests=min_requests, min_labels=cfg.feedback_min_labels),
         )  # fmt: skip
         urls = server or [f"http://{cfg.host}:{cfg.port}"]
         controller = Controller(
@@ -295,3 +295,12 @@ def history(
         console.print(f"no decisions recorded for {name}")
         return
     console.print(table)
+
+
+def _accuracy_command() -> None:
+    from eodeploy.cli import feedback_cmd
+
+    app.command("accuracy")(feedback_cmd.accuracy)
+
+
+_accuracy_command()

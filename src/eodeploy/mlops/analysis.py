@@ -162,6 +162,8 @@ class Thresholds:
     min_mirrored: int = 20
     #: A p99 of fewer requests is their maximum: one slow request would fail the window.
     min_latency_requests: int = 50
+    #: No accuracy-based verdict below this many feedback labels per version (Settings.feedback_min_labels).
+    min_labels: int = 200
 
 
 PASS, FAIL, INCONCLUSIVE = "pass", "fail", "inconclusive"

@@ -389,19 +389,18 @@ class Controller:
         return True
 
     def _feedback(self) -> tuple[Any, Any] | None:
-        """Live accuracy of both sides since the rollout started, when the feedback module exists."""
-        import importlib
+        """Live accuracy of both sides since the rollout started (``mlops.feedback``)."""
+        from eodeploy.mlops.feedback import accuracy
 
-        try:  # another part of the loop: optional here
-            accuracy = importlib.import_module("eodeploy.mlops.feedback").accuracy
-        except (ImportError, AttributeError):
+        if self.champion is None:
             return None
         window = timedelta(seconds=time.monotonic() - self._started)
+        n = self.opts.thresholds.min_labels
         try:
             with self.db.session() as s:
                 return (
-                    accuracy(s, self.model, self.candidate, window),
-                    accuracy(s, self.model, self.champion, window),
+                    accuracy(s, self.model, self.candidate, window, min_labels=n),
+                    accuracy(s, self.model, self.champion, window, min_labels=n),
                 )
         except Exception as exc:  # noqa: BLE001 - no accuracy, no accuracy check
             log.warning("feedback accuracy unavailable (%s); the check is skipped", exc)

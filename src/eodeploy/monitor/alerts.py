@@ -18,6 +18,7 @@ import smtplib
 import socket
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import timedelta
 from email.message import EmailMessage
 from typing import Any
@@ -129,14 +130,18 @@ def _post(url: str, body: dict[str, Any], key: str, s: Settings) -> None:
     raise last
 
 
-def _mail(to: str, alert_id: int, message: str, payload: dict[str, Any], s: Settings) -> None:
+def _mail(
+    to: str, alert_id: int, message: str, payload: dict[str, Any], s: Settings, kind: str = "alert"
+) -> None:
     if not s.smtp_host:
         raise RuntimeError("no SMTP server configured; set EODEPLOY_SMTP_HOST (and port, user, password)")
     msg = EmailMessage()
-    msg["Subject"] = f"[eodeploy] {payload['area']}: {payload['target_class']} changed"
+    msg["Subject"] = (
+        payload.get("subject") or f"[eodeploy] {payload['area']}: {payload['target_class']} changed"
+    )
     msg["From"] = s.smtp_from
     msg["To"] = to
-    msg["Message-ID"] = f"<eodeploy-alert-{alert_id}@{s.smtp_from.split('@')[-1]}>"
+    msg["Message-ID"] = f"<eodeploy-{kind}-{alert_id}@{s.smtp_from.split('@')[-1]}>"
     msg.set_content(message + "\n\n" + json.dumps(payload, indent=2))
     with smtplib.SMTP(s.smtp_host, s.smtp_port, timeout=s.smtp_timeout_s) as smtp:
         if s.smtp_starttls:
@@ -151,56 +156,70 @@ def sender_id() -> str:
     return f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
-def _claimable(now: Any, claim_s: float) -> Any:
+@dataclass(frozen=True)
+class Outbox:
+    """A deliveries table (the columns of ``Delivery``) and the table of what it delivers (``id``,
+    ``message``, ``payload``): alerts here, retraining triggers in ``eodeploy.mlops.triggers``.
+    ``kind`` names them in idempotency keys, Message-IDs and webhook bodies."""
+
+    delivery: Any = Delivery
+    parent: Any = Alert
+    fk: str = "alert_id"
+    kind: str = "alert"
+
+
+ALERTS = Outbox()
+
+
+def _claimable(now: Any, claim_s: float, D: Any = Delivery) -> Any:
     return or_(
-        Delivery.status.in_(("pending", "failed")),
-        and_(Delivery.status == "sending", Delivery.claimed_at < now - timedelta(seconds=claim_s)),
+        D.status.in_(("pending", "failed")),
+        and_(D.status == "sending", D.claimed_at < now - timedelta(seconds=claim_s)),
     )
 
 
-def _claim(db: Any, me: str, claim_s: float, limit: int, after: int) -> list[dict[str, Any]]:
+def _claim(
+    db: Any, me: str, claim_s: float, limit: int, after: int, box: Outbox = ALERTS
+) -> list[dict[str, Any]]:
     """Claim up to ``limit`` deliveries (ids above ``after``) for ``me`` in one short transaction;
     what to send, as data."""
+    D, P = box.delivery, box.parent
     with db.session() as s:
         now = utcnow()
-        q = (
-            select(Delivery.id)
-            .where(Delivery.id > after, _claimable(now, claim_s))
-            .order_by(Delivery.id)
-            .limit(limit)
-        )
+        q = select(D.id).where(D.id > after, _claimable(now, claim_s, D)).order_by(D.id).limit(limit)
         if db.engine.dialect.name == "postgresql":
             q = q.with_for_update(skip_locked=True)  # rows another sender is claiming are passed over
         ids = list(s.scalars(q))
         if not ids:
             return []
         s.execute(
-            update(Delivery)
-            .where(Delivery.id.in_(ids), _claimable(now, claim_s))
+            update(D)
+            .where(D.id.in_(ids), _claimable(now, claim_s, D))
             .values(status="sending", claimed_by=me, claimed_at=now)
         )
         rows = s.execute(
-            select(Delivery.id, Delivery.channel, Delivery.target, Alert.id, Alert.message, Alert.payload)
-            .join(Alert, Delivery.alert_id == Alert.id)
-            .where(Delivery.id.in_(ids), Delivery.claimed_by == me, Delivery.claimed_at == now)
-            .order_by(Delivery.id)
+            select(D.id, D.channel, D.target, P.id, P.message, P.payload)
+            .join(P, getattr(D, box.fk) == P.id)
+            .where(D.id.in_(ids), D.claimed_by == me, D.claimed_at == now)
+            .order_by(D.id)
         ).all()
     return [{"id": r[0], "channel": r[1], "target": r[2], "alert_id": r[3], "message": r[4],
              "payload": r[5]} for r in rows]  # fmt: skip
 
 
-def _record(db: Any, me: str, did: int, error: str | None) -> None:
-    values: dict[str, Any] = {"attempts": Delivery.attempts + 1, "last_attempt_at": utcnow(),
+def _record(db: Any, me: str, did: int, error: str | None, box: Outbox = ALERTS) -> None:
+    D = box.delivery
+    values: dict[str, Any] = {"attempts": D.attempts + 1, "last_attempt_at": utcnow(),
                               "claimed_by": None, "claimed_at": None}  # fmt: skip
     if error is None:
         values.update(status="sent", sent_at=utcnow(), last_error=None)
     else:
         values.update(status="failed", last_error=error[:2000])
     with db.session() as s:  # only while the claim is still ours (not taken over as stale)
-        s.execute(update(Delivery).where(Delivery.id == did, Delivery.claimed_by == me).values(**values))
+        s.execute(update(D).where(D.id == did, D.claimed_by == me).values(**values))
 
 
-def deliver_pending(db: Any, settings: Settings, limit: int = 500) -> dict[str, int]:
+def deliver_pending(db: Any, settings: Settings, limit: int = 500, box: Outbox = ALERTS) -> dict[str, int]:
     """Send every delivery not yet sent (new, or failed on an earlier run), claimed in batches and
     sent with no transaction open. A crash between sending and recording re-sends that one after
     the claim goes stale (the webhook's Idempotency-Key and the e-mail's Message-ID let receivers
@@ -209,24 +228,25 @@ def deliver_pending(db: Any, settings: Settings, limit: int = 500) -> dict[str, 
     me = sender_id()
     done, after = 0, 0
     while done < limit:  # each delivery once per pass: one that fails now waits for the next run
-        batch = _claim(db, me, settings.delivery_claim_s, min(50, limit - done), after)
+        batch = _claim(db, me, settings.delivery_claim_s, min(50, limit - done), after, box)
         if not batch:
             break
         for job in batch:
             done, after = done + 1, job["id"]
             try:
                 if job["channel"] == "webhook":
-                    key = f"eodeploy-alert-{job['alert_id']}"
-                    _post(job["target"], {"alert_id": job["alert_id"], **job["payload"]}, key, settings)
+                    key = f"eodeploy-{box.kind}-{job['alert_id']}"
+                    body = {f"{box.kind}_id": job["alert_id"], **job["payload"]}
+                    _post(job["target"], body, key, settings)
                 else:
-                    _mail(job["target"], job["alert_id"], job["message"], job["payload"], settings)
+                    _mail(job["target"], job["alert_id"], job["message"], job["payload"], settings, box.kind)
                 error = None
                 counts["sent"] += 1
             except Exception as exc:  # noqa: BLE001 - any failure is recorded and retried next run
                 error = f"{type(exc).__name__}: {exc}"
                 counts["failed"] += 1
-                log.warning("alert %s (%s) failed: %s", job["alert_id"], job["channel"], error)
-            db.retrying(lambda job=job, error=error: _record(db, me, job["id"], error))
+                log.warning("%s %s (%s) failed: %s", box.kind, job["alert_id"], job["channel"], error)
+            db.retrying(lambda job=job, error=error: _record(db, me, job["id"], error, box))
     return counts
 
 

@@ -7,6 +7,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -63,6 +64,9 @@ class InferenceService:
         self.cache = cache
         self.max_request_patches = max_request_patches
         self.mirror = Mirror(registry, metrics.registry, registry.settings.canary_mirror_share)
+        #: ``eodeploy.mlops.feedback.RecentPredictions`` (set by ``web.feedback_api``): remembers
+        #: each answered request by its id, so feedback can name it.
+        self.recent: Any = None
 
     @asynccontextmanager
     async def track(self, name: str, protocol: str) -> AsyncIterator[RequestTrack]:
@@ -126,12 +130,16 @@ class InferenceService:
                 if hit is not None and len(hit) == len(raw):
                     self.metrics.cache_hits.labels(model=served.name).inc()
                     self.mirror.offer(served, raw, band_names, units, hit)
+                    if self.recent is not None:
+                        self.recent.remember(served, raw, hit, band_names, units)
                     return InferenceResult(served, hit, cached=True)
                 self.metrics.cache_misses.labels(model=served.name).inc()
             proba = await served.batcher.submit(raw, band_names, units)
             if key is not None and self.cache is not None:
                 await self.cache.put(key, proba)
             self.mirror.offer(served, raw, band_names, units, proba)
+            if self.recent is not None:
+                self.recent.remember(served, raw, proba, band_names, units)
             return InferenceResult(served, proba)
 
     def _check(self, served: ServedModel, raw: np.ndarray) -> np.ndarray:

@@ -104,12 +104,22 @@ def train_package(
     seed: int = 0,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
     cv: dict[str, Any] | None = None,
+    *,
+    dataset: PatchDataset | None = None,
+    split: Split | None = None,
+    evaluations: dict[str, PatchDataset] | None = None,
+    properties: dict[str, Any] | None = None,
+    derived_from: tuple[str, int] | None = None,
 ) -> ModelPackage:
-    """Train on the seeded split of ``data_dir`` and write the model as a new version."""
+    """Train on the seeded split of ``data_dir`` and write the model as a new version.
+
+    Retraining (``eodeploy.mlops.retrain``) passes the data and split itself (the recorded split
+    plus feedback patches), extra labelled sets scored before publishing (``evaluations``), more
+    item properties and the version it derives from."""
     from eodeploy.runtime.predictor import Predictor
 
-    data = load_patch_folder(data_dir)
-    split = stratified_split(data, seed=seed)
+    data = dataset if dataset is not None else load_patch_folder(data_dir)
+    split = split if split is not None else stratified_split(data, seed=seed)
     source = ModelPackage(config.init_from) if config.init_from else None
     if source is not None:
         from eodeploy.train.transfer import source_arch
@@ -154,6 +164,7 @@ def train_package(
     }
     if cv:
         props["eodeploy:cross_validation"] = cv
+    props.update(properties or {})
 
     def check(folder: Path) -> None:
         # The exported ONNX must compute what the trained network computes before it is published.
@@ -176,12 +187,19 @@ def train_package(
         # version is published (published versions are never modified).
         pred = Predictor(candidate).predict(test.images).class_ids
         report = classification_report(test.labels, pred, data.class_names)
-        candidate.update_properties({"eodeploy:metrics": stored_metrics(report)})
+        updates: dict[str, Any] = {"eodeploy:metrics": stored_metrics(report)}
+        for key, extra in (evaluations or {}).items():
+            r = classification_report(extra.labels, Predictor(candidate).predict(extra.images).class_ids,
+                                      data.class_names)  # fmt: skip
+            updates.setdefault("eodeploy:evaluations", {})[key] = {
+                k: r[k] for k in ("n", "accuracy", "macro_f1", "confusion_matrix")
+            }
+        candidate.update_properties(updates)
 
     # The PyTorch weights travel with the package so it can be pruned and fine-tuned later.
     props["eodeploy:weights"] = {"file": WEIGHTS_FILE, "arch": config.arch, "tta": config.tta}
     files = {"split.json": split.to_json().encode(), WEIGHTS_FILE: state_dict_bytes(result.model)}
-    derived = (
+    derived = derived_from or (
         (source.name, source.version)
         if source is not None and source.path.parent.parent.resolve() == repo.root.resolve()
         else None

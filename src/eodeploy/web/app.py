@@ -12,6 +12,7 @@ from starlette.responses import RedirectResponse, Response
 from eodeploy.serve.app import create_inference_app
 from eodeploy.settings import Settings
 from eodeploy.web.doctor_api import router as doctor_router
+from eodeploy.web.feedback_api import router as feedback_router
 from eodeploy.web.rollout_api import router as rollout_router
 
 
@@ -32,6 +33,7 @@ def create_app(settings: Settings | None = None, grpc: bool = True) -> FastAPI:
         app.state.metrics.registry.register(MonitorCollector(lambda: app_database(app.state)))
     app.include_router(rollout_router)
     app.include_router(doctor_router)
+    app.include_router(feedback_router)
     if settings.dashboard:
         from eodeploy.web import dashboard
 

@@ -15,7 +15,7 @@ import threading
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query
 from fastapi.routing import APIRoute
@@ -328,3 +328,63 @@ def alerts(
 def ack(request: Request, alert_id: AlertId, by: str | None = Query(None, max_length=200)) -> Response:
     with _db(request).session() as s:
         return _respond(alert_dict(acknowledge(s, alert_id, by)))
+
+
+class VerdictIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    verdict: str = Field(description="true_positive or false_positive")
+    by: str | None = Field(default=None, max_length=200)
+    note: str | None = Field(default=None, max_length=2000)
+
+
+@router.post("/alerts/{alert_id}/verdict", summary="Mark an alert a true or false positive")
+def verdict(request: Request, alert_id: AlertId, body: VerdictIn) -> Response:
+    from eodeploy.mlops.feedback import set_alert_verdict
+
+    with _db(request).session() as s:
+        return _respond(set_alert_verdict(s, alert_id, body.verdict, body.by, body.note))
+
+
+ObservationId = Annotated[int, Path(ge=1, le=_ID_MAX, description="an observation id from an area's series")]
+
+
+class _PointGeometry(BaseModel):
+    type: Literal["Point"]
+    coordinates: list[float] = Field(min_length=2, max_length=3, description="[longitude, latitude] (WGS84)")
+
+
+class _PointLabel(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+    class_: str = Field(alias="class", min_length=1, max_length=100, description="the true class name")
+
+
+class _LabelledPoint(BaseModel):
+    type: Literal["Feature"]
+    geometry: _PointGeometry
+    properties: _PointLabel
+
+
+class PointLabels(BaseModel):
+    """Labelled points: a GeoJSON FeatureCollection of Points with ``properties.class``."""
+
+    type: Literal["FeatureCollection"]
+    features: list[_LabelledPoint] = Field(min_length=1, max_length=10_000)
+
+
+@router.post(
+    "/observations/{observation_id}/labels",
+    summary="Correct a map by labelled points (GeoJSON)",
+    status_code=201,
+)
+def observation_labels(
+    request: Request,
+    observation_id: ObservationId,
+    body: PointLabels,
+    by: str | None = Query(None, max_length=200),
+) -> Response:
+    from eodeploy.mlops.feedback import label_observation
+
+    holdout = request.app.state.settings.feedback_holdout
+    with _db(request).session() as s:
+        out = label_observation(s, observation_id, body.model_dump(by_alias=True), holdout, by)
+    return _respond(out, 201)

@@ -106,7 +106,7 @@ def start_rollout(request: Request, name: str, body: RolloutRequest) -> Response
         return json_response({**running.status(), "retargeted": body.candidate}, 202)
     options = RolloutOptions(
         body.candidate, parse_steps(body.steps), body.window_s, body.window_requests, body.max_failures,
-        body.gate, Thresholds(min_requests=body.min_requests),
+        body.gate, Thresholds(min_requests=body.min_requests, min_labels=state.settings.feedback_min_labels),
     )  # fmt: skip
     registry = state.metrics.registry
     controller = Controller(
