@@ -432,3 +432,6 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+from eodeploy.mlops import drift as _drift  # noqa: E402,F401  tables
