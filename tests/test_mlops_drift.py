@@ -25,7 +25,7 @@ from eodeploy.mlops.drift import (
     reference_shares,
     signed_shifts,
 )
-from eodeploy.mlops.sketch import Reservoir, ServingDrift
+from eodeploy.mlops.sketch import Reservoir, ServingDrift, Uniform
 from eodeploy.package import ModelRepository
 from test_drift import shifted_copy
 from test_monitor import db_url  # noqa: F401  (fixture: a fresh SQLite file / PostgreSQL database)
@@ -89,7 +89,7 @@ def test_baseline_rule_needs_three_observations_and_flags_beyond_three_sigma() -
 
 
 def test_reservoir_is_bounded_and_uniform() -> None:
-    r = Reservoir(2, 1000, np.random.default_rng(0))
+    r = Reservoir(2, 1000, Uniform(np.random.default_rng(0)))
     for start in range(0, 100_000, 500):
         r.add(np.stack([np.arange(start, start + 500), np.zeros(500)], axis=1).astype(np.float32))
     assert r.seen == 100_000 and r.values.nbytes == 1000 * 2 * 4
