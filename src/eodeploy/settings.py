@@ -105,6 +105,19 @@ class Settings(BaseSettings):
     smtp_starttls: bool = False
     smtp_timeout_s: float = 10.0
 
+    # --- Drift (eodeploy.mlops.drift / mlops.sketch) ---
+    #: Serving: sample one request in this many into the drift sketch (0: no serving drift).
+    drift_sample_every: int = 10
+    #: From a sampled request, this many patches and this many random pixels of each.
+    drift_patches_per_request: int = 4
+    drift_pixels_per_patch: int = 16
+    #: Pixels kept per model version and window (a reservoir: memory bound, whatever the traffic).
+    drift_sketch_pixels: int = 4096
+    #: Length of a serving drift window (gauges and a stored row per window and model version).
+    drift_window_s: float = 300.0
+    #: A window with fewer sampled pixels than this reports class shares but no band shift.
+    drift_min_pixels: int = 500
+
     # --- Feedback (POST /feedback, live accuracy, retraining triggers; eodeploy.mlops.feedback) ---
     #: Remember recent predictions by request id so feedback can name them: at most this many
     #: requests and MiB (inputs included), each for at most this long; the oldest go first.

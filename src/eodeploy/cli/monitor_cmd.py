@@ -329,6 +329,14 @@ def schedule(
         database.dispose()
 
 
+def _drift_cell(d: dict[str, Any] | None) -> str:
+    """The observation's median band shift against the reference, and which check flagged it."""
+    if d is None or d["median_shift"] is None:
+        return "-"
+    why = [k for k in ("reference", "baseline") if d[k].get("flagged")]
+    return f"{d['median_shift']:.2f}" + (f" ! {', '.join(why)}" if why else "")
+
+
 @app.command()
 @handle_errors
 def series(
@@ -340,8 +348,12 @@ def series(
     """The target class's time series for one area."""
     from eodeploy.monitor.report import plot_series, time_series
 
-    with _database(_settings(db)).session() as s:
-        data = time_series(s, name)
+    database = _database(_settings(db))
+    try:
+        with database.session() as s:
+            data = time_series(s, name)
+    finally:
+        database.dispose()  # no pooled connection left for the garbage collector to find open
     if plot:
         err_console.print(f"chart: {plot_series(data, plot)}")
     if as_json:
@@ -350,7 +362,7 @@ def series(
     obs = data["observations"]
     versions = {o["model_version"] for o in obs}
     table = Table(title=f"{data['area']}: {data['target_class']} in {data['area_ha']:.1f} ha")
-    cols = ["date", "status", "seen", "ha", "Δ baseline", "Δ previous", "alert"]
+    cols = ["date", "status", "seen", "ha", "Δ baseline", "Δ previous", "alert", "drift"]
     if len(versions) > 1:
         cols.insert(1, "model")
     for col in cols:
@@ -363,7 +375,8 @@ def series(
         row = [o["datetime"][:10], o["status"], f"{o['observed_share']:.0%}",
                f"{o['estimate_ha']:.2f}" if o["estimate_ha"] is not None else "-",
                change(o["change_baseline_ha"], o["change_baseline_pct"]),
-               change(o["change_previous_ha"], o["change_previous_pct"]), str(o["alert_id"] or "")]  # fmt: skip
+               change(o["change_previous_ha"], o["change_previous_pct"]), str(o["alert_id"] or ""),
+               _drift_cell(o.get("drift"))]  # fmt: skip
         if len(versions) > 1:
             row.insert(1, f"v{o['model_version']}")
         table.add_row(*row)

@@ -29,9 +29,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     func,
-    inspect,
     select,
-    text,
     update,
 )
 from sqlalchemy.orm import Mapped, Session, mapped_column
@@ -90,23 +88,11 @@ def outbox() -> Any:
 
 
 def drift_flags(session: Session, area_id: int, last: int = 5) -> list[bool]:
-    """Whether each of the area's ``last`` latest clear observations (status ``ok``) was flagged
-    for drift, newest first; only observations with a drift row count.
+    """Whether each of the area's ``last`` latest clear observations was flagged for drift, newest
+    first (``mlops.drift.recent_drift``: the one query over ``observation_drift``)."""
+    from eodeploy.mlops.drift import recent_drift
 
-    Contract with the drift monitor: a table ``observation_drift`` with an ``observation_id``
-    column (``observations.id``) and a boolean ``flagged``, one row per observation. Without that
-    table (drift not installed or not yet migrated) the answer is ``[]``: no drift trigger."""
-    if not inspect(session.connection()).has_table("observation_drift"):
-        return []
-    rows = session.execute(
-        text(
-            "SELECT d.flagged FROM observation_drift d JOIN observations o ON o.id = d.observation_id "
-            "WHERE o.area_id = :area AND o.status = 'ok' "
-            "ORDER BY o.scene_datetime DESC, o.id DESC LIMIT :last"
-        ),
-        {"area": area_id, "last": last},
-    ).all()
-    return [bool(r[0]) for r in rows]
+    return recent_drift(session, area_id, last)
 
 
 def trained_at(pkg: ModelPackage) -> datetime:

@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
+from eodeploy.mlops.drift import drift_by_observation
 from eodeploy.monitor.alerts import alert_dict
 from eodeploy.monitor.areas import get_area, iso
 from eodeploy.monitor.db import Alert, Observation, Run
@@ -22,6 +23,7 @@ def time_series(session: Session, name: str) -> dict[str, Any]:
         .options(selectinload(Observation.alert))
         .order_by(Observation.scene_datetime, Observation.model_version)
     ).all()
+    drift = drift_by_observation(session, [o.id for o in rows])
     return {
         "area": area.name,
         "target_class": area.target_class,
@@ -46,6 +48,7 @@ def time_series(session: Session, name: str) -> dict[str, Any]:
                 "areas_ha": o.areas_ha,
                 "alert_id": o.alert.id if o.alert else None,
                 "outputs": o.outputs,
+                "drift": drift.get(o.id),
             }
             for o in rows
         ],

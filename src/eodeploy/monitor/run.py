@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 from eodeploy.errors import ConflictError, DatabaseUnavailableError, DataError, EodeployError
 from eodeploy.geo.outputs import CLASSES_TIF
 from eodeploy.geo.predict import OutsideSceneError, predict_scene
+from eodeploy.mlops.drift import record_observation_drift
 from eodeploy.monitor.alerts import deliver_pending, make_alert
 from eodeploy.monitor.areas import get_area, resolve_model
 from eodeploy.monitor.db import Area, Database, Observation, Run, utcnow
@@ -293,7 +294,7 @@ def _process(
         mosaic = settings.monitor_dir / ".mosaics" / _safe(area["name"]) / f"{_safe(c.scene_id)}.tif"
         source = str(mosaic_patches(Path(c.source), mosaic))
     try:
-        predict_scene(predictor, source, out, overwrite=True, aoi=geom, mmu_ha=area["mmu_ha"])
+        stats = predict_scene(predictor, source, out, overwrite=True, aoi=geom, mmu_ha=area["mmu_ha"])
     except DataError as exc:
         if isinstance(exc, OutsideSceneError) or "every pixel is nodata or cloud" not in str(exc):
             raise
@@ -303,8 +304,9 @@ def _process(
         if mosaic is not None:
             mosaic.unlink(missing_ok=True)
     m = measure_area(out / CLASSES_TIF, geom, area["area_ha"], classes, area["target_class"], area["mmu_ha"])
+    # "drift": the area's clear pixels against the package's reference statistics (geo.drift).
     return {"target_ha": m.target_ha, "observed_ha": m.observed_ha, "observed_share": m.observed_share,
-            "areas_ha": m.areas_ha, "outputs": str(out)}  # fmt: skip
+            "areas_ha": m.areas_ha, "outputs": str(out), "drift": stats.get("training_data_shift")}  # fmt: skip
 
 
 def _pct(delta: float, base: float | None) -> float | None:
@@ -333,6 +335,7 @@ def _store(
                 _changes(s, area, obs)
             s.add(obs)
             s.flush()
+            record_observation_drift(s, area, obs, info.get("drift"))
             alert = make_alert(s, area, obs) if ok else None
             return obs, int(alert is not None)
     except LeaseLostError:

@@ -19,6 +19,7 @@ from starlette.responses import Response
 
 from eodeploy import __version__
 from eodeploy.errors import EodeployError
+from eodeploy.mlops.sketch import ServingDrift
 from eodeploy.serve import errors, oip_rest, tfserving, upload
 from eodeploy.serve.cache import LRUCache, RedisCache, ResponseCache
 from eodeploy.serve.inference import InferenceService
@@ -82,6 +83,7 @@ def create_inference_app(settings: Settings | None = None, grpc: bool = True) ->
     app.state.metrics = metrics
     app.state.registry = registry
     app.state.inference = InferenceService(registry, metrics, cache, settings.max_request_patches)
+    app.state.inference.drift = ServingDrift.from_settings(settings, metrics.registry)
 
     app.add_exception_handler(EodeployError, errors.domain_error_handler)
     app.add_exception_handler(HTTPException, errors.http_error_handler)

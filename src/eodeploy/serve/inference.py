@@ -7,7 +7,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -18,6 +18,9 @@ from eodeploy.serve.cache import ResponseCache, cache_key_async
 from eodeploy.serve.errors import outcome_of
 from eodeploy.serve.metrics import ServerMetrics
 from eodeploy.serve.registry import ModelRegistry, ServedModel
+
+if TYPE_CHECKING:
+    from eodeploy.mlops.sketch import ServingDrift
 
 
 @dataclass
@@ -67,6 +70,7 @@ class InferenceService:
         #: ``eodeploy.mlops.feedback.RecentPredictions`` (set by ``web.feedback_api``): remembers
         #: each answered request by its id, so feedback can name it.
         self.recent: Any = None
+        self.drift: ServingDrift | None = None  # request sampling for drift (serve.app sets it)
 
     @asynccontextmanager
     async def track(self, name: str, protocol: str) -> AsyncIterator[RequestTrack]:
@@ -135,6 +139,8 @@ class InferenceService:
                     return InferenceResult(served, hit, cached=True)
                 self.metrics.cache_misses.labels(model=served.name).inc()
             proba = await served.batcher.submit(raw, band_names, units)
+            if self.drift is not None:
+                self.drift.observe(served, raw, band_names, units, proba)
             if key is not None and self.cache is not None:
                 await self.cache.put(key, proba)
             self.mirror.offer(served, raw, band_names, units, proba)

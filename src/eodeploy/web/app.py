@@ -31,6 +31,8 @@ def create_app(settings: Settings | None = None, grpc: bool = True) -> FastAPI:
         app.state.monitor_lock = threading.Lock()  # one background monitoring run at a time
         app.include_router(monitor_router)
         app.state.metrics.registry.register(MonitorCollector(lambda: app_database(app.state)))
+        if app.state.inference.drift is not None:  # closed serving drift windows are kept there
+            app.state.inference.drift.database = lambda: app_database(app.state)
     app.include_router(rollout_router)
     app.include_router(doctor_router)
     app.include_router(feedback_router)
