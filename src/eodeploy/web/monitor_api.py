@@ -388,3 +388,17 @@ def observation_labels(
     with _db(request).session() as s:
         out = label_observation(s, observation_id, body.model_dump(by_alias=True), holdout, by)
     return _respond(out, 201)
+
+
+@router.get("/drift/windows", summary="Serving drift per model version and time window, newest first")
+def drift_windows(
+    request: Request,
+    model: str | None = Query(None, max_length=200, description="only this model"),
+    limit: int = Query(100, ge=1, le=5000),
+) -> Response:
+    """Closed serving windows: per-band shift of sampled request pixels against the package's
+    reference statistics and the predicted-class shares against its reference frequencies."""
+    from eodeploy.mlops.drift import list_windows
+
+    with _db(request).session() as s:
+        return _respond(list_windows(s, model, limit))
