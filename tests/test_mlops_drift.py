@@ -298,6 +298,9 @@ def test_serving_windows_gauges_and_rows(client_for: Any, db_url: str) -> None: 
         ]  # fmt: skip
         assert rows[0].median_shift == clean[0]["median_shift"] and rows[1].pixels > 500
         assert set(rows[0].bands) == set(ModelRepository(MODELS).get("eurosat-cnn", 3).spec.bands)
+    api = client.get("/monitor/drift/windows", params={"model": "eurosat-cnn"}).json()
+    assert [(w["model_version"], w["flagged"]) for w in api] == [(3, True), (3, False)]  # newest first
+    assert client.get("/monitor/drift/windows", params={"limit": 0}).status_code == 400
 
 
 def test_windows_close_on_time_and_requests_are_sampled(package: Any) -> None:
@@ -313,6 +316,3 @@ def test_windows_close_on_time_and_requests_are_sampled(package: Any) -> None:
     (w,) = d.close_due(now=1e12)
     assert (w["requests"], w["sampled_requests"], w["pixels"]) == (30, 3, 3 * 2 * 8)
     assert w["patches"] == 3 * len(patches) and w["median_shift"] is not None
-    api = client.get("/monitor/drift/windows", params={"model": "eurosat-cnn"}).json()
-    assert [(w["model_version"], w["flagged"]) for w in api] == [(3, True), (3, False)]  # newest first
-    assert client.get("/monitor/drift/windows", params={"limit": 0}).status_code == 400
