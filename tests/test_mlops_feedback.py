@@ -420,18 +420,15 @@ def test_each_trigger_fires_once_and_alerts_through_the_outbox(
                                   observed_share=1.0))  # fmt: skip
             _labels(s, "tiny", 1, 150, 199)  # 75 % but one label short of deciding
         with db.session() as s:
-            assert drift_flags(s, area_id) == []  # no drift table yet: no drift trigger
+            assert drift_flags(s, area_id) == []  # no drift verdicts yet: no drift trigger
         assert check_triggers(db, repo, cfg) == []  # a new version, too few labels, no drift
-        # The drift monitor's table (its contract: observation_id, flagged).
-        with db.engine.begin() as conn:
-            conn.execute(
-                text(
-                    "CREATE TABLE observation_drift (observation_id INTEGER PRIMARY KEY, flagged BOOLEAN NOT NULL)"
-                )
-            )
-            ids = conn.execute(text("SELECT id FROM observations ORDER BY scene_datetime")).scalars().all()
+        from eodeploy.mlops.drift import ObservationDrift
+
+        with db.session() as s:  # drift verdicts as the drift monitor stores them (oldest first)
+            ids = s.scalars(text("SELECT id FROM observations ORDER BY scene_datetime")).all()
             for oid, flagged in zip(ids, [True, False, True, True, False, True]):  # newest last
-                conn.execute(text("INSERT INTO observation_drift VALUES (:o, :f)"), {"o": oid, "f": flagged})
+                s.add(ObservationDrift(observation_id=oid, area_id=area_id, clear_pixels=1000,
+                                       median_shift=1.3 if flagged else 0.2, flagged=flagged))  # fmt: skip
         with db.session() as s:
             assert drift_flags(s, area_id) == [True, False, True, True, False]  # newest first, 3 of 5
             assert drift_flags(s, area_id, last=2) == [True, False]

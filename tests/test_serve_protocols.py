@@ -452,7 +452,7 @@ def test_schemathesis_keys_on_and_401_without_key(tmp_path: Path) -> None:
         protected = [
             o
             for o in refused + open_ops
-            if re.search(r"infer|predict|repository|/monitor|/doctor|/feedback", o)
+            if re.search(r"infer|predict|repository|/monitor|/doctor|/feedback| /models/", o)
         ]
         assert sorted(protected) == sorted(refused), open_ops
         assert all(re.search(r"health|/metrics|^GET /v[12]", o) for o in open_ops), open_ops

@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# The maintenance loop on the bundled data, end to end (docs/mlops.md, "A worked example"):
+#   1. an area is monitored; three later scenes arrive with the +1000 DN offset of Sentinel-2
+#      processing baseline 04.00 -> drift is flagged on 3 of the last 5 clear observations;
+#   2. `eodeploy triggers check` records the drift trigger (once);
+#   3. `eodeploy retrain` trains a candidate from the package's recorded recipe;
+#   4. the candidate is rolled out on a real server under traffic and promoted;
+#   5. an older, weaker version is rolled out next and rolled back by the controller;
+#   6. `eodeploy models history` lists every decision.
+# Everything happens in a scratch folder (default /tmp/eodeploy-loop): the bundled repository is
+# copied, never changed. Needs the dev install (make install-dev) and ../shared/data.
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+WORK="${1:-/tmp/eodeploy-loop}"
+BIN="$ROOT/.venv/bin"
+S2="$ROOT/../shared/data/sentinel2"
+PORT="${PORT:-8765}"
+rm -rf "$WORK" && mkdir -p "$WORK/scenes"
+cp -r "$ROOT/models" "$WORK/models"
+export EODEPLOY_MODEL_REPO="$WORK/models" EODEPLOY_DATABASE_URL="sqlite:///$WORK/loop.db" \
+       EODEPLOY_MONITOR_DIR="$WORK/monitoring" EODEPLOY_DATA_DIR="$ROOT/../shared/data/eurosat" \
+       EODEPLOY_PORT="$PORT" EODEPLOY_GRPC_PORT=0 EODEPLOY_POLL_INTERVAL_S=1
+
+echo "== 1. scenes: three clear Lahinch dates, then the same three with +1000 DN (baseline 04.00)"
+for d in 2017-09-18 2017-09-21 2017-09-26; do ln -s "$S2/lahinch_IE_s2l1c_$d.tif" "$WORK/scenes/"; done
+"$BIN/python" - "$S2" "$WORK/scenes" <<'EOF'
+import sys
+import numpy as np
+import rasterio
+src, dst = sys.argv[1:]
+for old, new in (("2017-09-18", "2022-03-02"), ("2017-09-21", "2022-03-05"), ("2017-09-26", "2022-03-10")):
+    with rasterio.open(f"{src}/lahinch_IE_s2l1c_{old}.tif") as r:
+        profile, data, names = r.profile, r.read(), r.descriptions
+    with rasterio.open(f"{dst}/lahinch_IE_s2l1c_{new}.tif", "w", **profile) as w:
+        w.write(np.clip(data.astype(np.int32) + 1000, 0, 65535).astype(data.dtype))
+        w.descriptions = names
+EOF
+"$BIN/eodeploy" monitor add lahinch --geometry "$ROOT/src/eodeploy/monitor/examples/lahinch.geojson" \
+  --class Pasture --folder "$WORK/scenes" --pattern 'lahinch_*.tif'
+"$BIN/eodeploy" monitor run --area lahinch
+"$BIN/eodeploy" monitor series lahinch
+
+echo "== 2. retraining triggers"
+"$BIN/eodeploy" triggers check --no-send
+"$BIN/eodeploy" triggers list
+
+echo "== 3. retrain: a candidate from the recorded recipe"
+"$BIN/eodeploy" retrain eurosat-cnn --epochs "${EPOCHS:-8}"
+"$BIN/eodeploy" models list
+
+echo "== 4. a real server under traffic; the candidate rolled out"
+"$BIN/eodeploy" models route eurosat-cnn --stable 3
+"$BIN/eodeploy" serve > "$WORK/server.log" 2>&1 &
+SERVER=$!
+"$BIN/python" - "$PORT" "$WORK/traffic.json" <<'EOF' &
+# Steady traffic: real EuroSAT-MS patches, ~40 requests/s, every answer counted.
+import json, sys, time
+from pathlib import Path
+import numpy as np, rasterio, requests
+port, out = sys.argv[1], sys.argv[2]
+files = sorted(Path("../shared/data/eurosat").rglob("*.tif"))
+patches = [rasterio.open(f).read().astype(np.float32) for f in files[:200]]
+url = f"http://127.0.0.1:{port}/v2/models/eurosat-cnn/infer"
+for _ in range(600):
+    try:
+        if requests.get(f"http://127.0.0.1:{port}/v2/health/ready", timeout=1).ok:
+            break
+    except requests.ConnectionError:
+        pass
+    time.sleep(0.1)
+counts, versions = {}, {}
+i = 0
+while not Path(out + ".stop").exists():
+    p = patches[i % len(patches)]
+    body = {"inputs": [{"name": "input", "shape": [1, *p.shape], "datatype": "FP32", "data": p.ravel().tolist()}]}
+    r = requests.post(url, json=body, timeout=30)
+    counts[r.status_code] = counts.get(r.status_code, 0) + 1
+    v = str(r.json().get("model_version", "?")) if r.ok else "failed"
+    versions[v] = versions.get(v, 0) + 1
+    i += 1
+    time.sleep(0.025)
+Path(out).write_text(json.dumps({"status": counts, "versions": versions}))
+EOF
+TRAFFIC=$!
+sleep 3
+"$BIN/eodeploy" models rollout eurosat-cnn --candidate 4 --window-s 8 --server "http://127.0.0.1:$PORT" || true
+
+echo "== 5. an older, weaker version rolled out next"
+"$BIN/eodeploy" models rollout eurosat-cnn --candidate 1 --window-s 8 --server "http://127.0.0.1:$PORT" || true
+
+touch "$WORK/traffic.json.stop"; wait "$TRAFFIC" || true
+kill "$SERVER"; wait "$SERVER" || true
+echo "traffic: $(cat "$WORK/traffic.json")"
+
+echo "== 6. history"
+"$BIN/eodeploy" models history eurosat-cnn
