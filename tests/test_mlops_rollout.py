@@ -126,21 +126,25 @@ def test_window_verdicts_from_metric_text() -> None:
     v = evaluate(w, th)
     assert v.outcome == FAIL and v.text.startswith("error rate 4.8 % (2/42) vs champion 0.0 %"), v.text
     # 1 error in 250 requests on both sides: within the champion's rate + 0.5 point.
-    w = window([(1, 249, 1, 0.002), (2, 249, 1, 0.002)])
+    w = window([(1, 249, 1, 0.002), (2, 249, 1, 0.002)], mirrored=40, agreed=40)
     assert evaluate(w, th).outcome == PASS
     # p99 of 0.3 s against 0.002 s: over both 1.5x and the 10 ms slack; 40 requests: not judged.
     w = window([(1, 200, 0, 0.002), (2, 60, 0, 0.3)])
     v = evaluate(w, th)
     assert v.outcome == FAIL and "p99" in v.reasons[0], v.text
-    v = evaluate(window([(1, 200, 0, 0.002), (2, 40, 0, 0.3)]), th)
+    v = evaluate(window([(1, 200, 0, 0.002), (2, 40, 0, 0.3)], mirrored=40, agreed=40), th)
     assert v.outcome == PASS and "p99 not judged (40 candidate requests < 50)" in v.text
     # 4 ms against 2 ms is 2x, but within the slack buckets cannot resolve: not a failure.
-    w = window([(1, 200, 0, 0.002), (2, 40, 0, 0.004)])
+    w = window([(1, 200, 0, 0.002), (2, 40, 0, 0.004)], mirrored=40, agreed=40)
     assert evaluate(w, th).outcome == PASS
-    # Agreement 30/40 = 75 % < 90 %: fails; 10 mirrored patches only: not judged.
+    # Agreement 30/40 = 75 % < 90 %: fails; 10 mirrored patches only: not judged, so the window
+    # holds (a fast, wrong candidate must not pass on error rate and latency alone), unless asked.
     v = evaluate(window([(1, 200, 0, 0.002), (2, 40, 0, 0.002)], mirrored=40, agreed=30), th)
     assert v.outcome == FAIL and "agreement 75.0 % on 40 mirrored patches" in v.text
-    v = evaluate(window([(1, 200, 0, 0.002), (2, 40, 0, 0.002)], mirrored=10, agreed=0), th)
+    few = window([(1, 200, 0, 0.002), (2, 40, 0, 0.002)], mirrored=10, agreed=0)
+    v = evaluate(few, th)
+    assert v.outcome == INCONCLUSIVE and v.text.startswith("only 10 mirrored patches (< 20)"), v.text
+    v = evaluate(few, Thresholds(require_agreement=False))
     assert v.outcome == PASS and "not judged" in v.text
     # At 100 % the champion answers nothing: the reference from an earlier window is used.
     w = window([(2, 60, 0, 0.3)])
@@ -160,7 +164,7 @@ def test_feedback_accuracy_check() -> None:
         def __init__(self, rate: float, low: float, n: int, decidable: bool = True) -> None:
             self.rate, self.low, self.n, self.decidable = rate, low, n, decidable
 
-    w = window([(1, 200, 0, 0.002), (2, 40, 0, 0.002)])
+    w = window([(1, 200, 0, 0.002), (2, 40, 0, 0.002)], mirrored=40, agreed=40)
     assert evaluate(w, Thresholds(), feedback=(Acc(0.70, 0.64, 250), Acc(0.83, 0.78, 400))).outcome == FAIL
     assert evaluate(w, Thresholds(), feedback=(Acc(0.82, 0.77, 250), Acc(0.83, 0.78, 400))).outcome == PASS
     undecidable = (Acc(0.10, 0.0, 12, decidable=False), Acc(0.83, 0.78, 400))

@@ -169,6 +169,9 @@ def rollout(
         typer.Option("--server", help="Server URL to read /metrics from (repeatable; summed)."),
     ] = None,
     gate: Annotated[bool, typer.Option(help="Hold before 100 % until --approve.")] = False,
+    require_agreement: Annotated[
+        bool, typer.Option(help="Hold windows with too few mirrored patches to compare with the champion.")
+    ] = True,
     approve: Annotated[bool, typer.Option(help="Approve the running rollout's gate.")] = False,
     abort: Annotated[bool, typer.Option(help="Roll the running rollout back now.")] = False,
     repo: RepoOpt = None,
@@ -195,7 +198,8 @@ def rollout(
         assert candidate is not None
         options = RolloutOptions(
             candidate, parse_steps(steps), window_s, window_requests, max_failures, gate,
-            Thresholds(min_requests=min_requests, min_labels=cfg.feedback_min_labels),
+            Thresholds(min_requests=min_requests, min_labels=cfg.feedback_min_labels,
+                       require_agreement=require_agreement),
         )  # fmt: skip
         urls = server or [f"http://{cfg.host}:{cfg.port}"]
         controller = Controller(

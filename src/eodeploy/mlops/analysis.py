@@ -164,6 +164,9 @@ class Thresholds:
     min_latency_requests: int = 50
     #: No accuracy-based verdict below this many feedback labels per version (Settings.feedback_min_labels).
     min_labels: int = 200
+    #: A window whose agreement could not be judged (too few mirrored patches) holds the share
+    #: instead of passing: error rate and latency alone would promote a fast, wrong candidate.
+    require_agreement: bool = True
 
 
 PASS, FAIL, INCONCLUSIVE = "pass", "fail", "inconclusive"
@@ -245,6 +248,13 @@ def evaluate(
             (failed if cand.rate < champ.low else passed).append(line)
     if failed:
         return Verdict(FAIL, failed + passed, figures)
+    if th.require_agreement and (w.mirrored < th.min_mirrored or w.agreement is None):
+        return Verdict(
+            INCONCLUSIVE,
+            [f"only {w.mirrored} mirrored patches (< {th.min_mirrored}) to compare with the champion: "
+             "holding the share", *passed],
+            figures,
+        )  # fmt: skip
     return Verdict(PASS, passed, figures)
 
 

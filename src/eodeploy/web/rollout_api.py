@@ -58,6 +58,9 @@ class RolloutRequest(BaseModel):
     window_s: float = Field(30.0, gt=0, le=86400)
     window_requests: int = Field(0, ge=0, description="close a window after this many candidate requests")
     min_requests: int = Field(20, ge=1, description="fewer in a window: inconclusive, the share holds")
+    require_agreement: bool = Field(
+        True, description="hold a window whose agreement with the champion could not be judged"
+    )
     max_failures: int = Field(3, ge=1, le=1000)
     gate: bool = Field(False, description="hold before 100 % until approved")
     approve: bool = False
@@ -106,7 +109,8 @@ def start_rollout(request: Request, name: str, body: RolloutRequest) -> Response
         return json_response({**running.status(), "retargeted": body.candidate}, 202)
     options = RolloutOptions(
         body.candidate, parse_steps(body.steps), body.window_s, body.window_requests, body.max_failures,
-        body.gate, Thresholds(min_requests=body.min_requests, min_labels=state.settings.feedback_min_labels),
+        body.gate, Thresholds(min_requests=body.min_requests, min_labels=state.settings.feedback_min_labels,
+                              require_agreement=body.require_agreement),
     )  # fmt: skip
     registry = state.metrics.registry
     controller = Controller(
