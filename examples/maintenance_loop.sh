@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # The maintenance loop on the bundled data, end to end (docs/mlops.md, "A worked example"):
-#   1. an area is monitored; three later scenes arrive with the +1000 DN offset of Sentinel-2
-#      processing baseline 04.00 -> drift is flagged on 3 of the last 5 clear observations;
+#   1. an area is monitored; three later scenes arrive 300 DN brighter in every band (a calibration
+#      or processing change) -> drift against the area's own baseline is flagged on 3 of the last 5
+#      clear observations;
 #   2. `eodeploy triggers check` records the drift trigger (once);
 #   3. `eodeploy retrain` trains a candidate from the package's recorded recipe;
-#   4. the candidate is rolled out on a real server under traffic and promoted;
-#   5. an older, weaker version is rolled out next and rolled back by the controller;
-#   6. `eodeploy models history` lists every decision.
+#   4. on a real server under traffic: v2 rolled out against v1 and promoted; the retrained
+#      candidate checked by the quality gate (recorded test accuracy against the champion's);
+#      v3 rolled out against v2, promoted or rolled back by the live checks;
+#   5. `eodeploy models history` lists every decision.
 # Everything happens in a scratch folder (default /tmp/eodeploy-loop): the bundled repository is
 # copied, never changed. Needs the dev install (make install-dev) and ../shared/data.
 set -euo pipefail
@@ -19,9 +21,10 @@ rm -rf "$WORK" && mkdir -p "$WORK/scenes"
 cp -r "$ROOT/models" "$WORK/models"
 export EODEPLOY_MODEL_REPO="$WORK/models" EODEPLOY_DATABASE_URL="sqlite:///$WORK/loop.db" \
        EODEPLOY_MONITOR_DIR="$WORK/monitoring" EODEPLOY_DATA_DIR="$ROOT/../shared/data/eurosat" \
-       EODEPLOY_PORT="$PORT" EODEPLOY_GRPC_PORT=0 EODEPLOY_POLL_INTERVAL_S=1
+       EODEPLOY_PORT="$PORT" EODEPLOY_GRPC_PORT=0 EODEPLOY_POLL_INTERVAL_S=1 \
+       EODEPLOY_CANARY_MIRROR_SHARE=0.5
 
-echo "== 1. scenes: three clear Lahinch dates, then the same three with +1000 DN (baseline 04.00)"
+echo "== 1. scenes: three clear Lahinch dates, then the same three 300 DN brighter"
 for d in 2017-09-18 2017-09-21 2017-09-26; do ln -s "$S2/lahinch_IE_s2l1c_$d.tif" "$WORK/scenes/"; done
 "$BIN/python" - "$S2" "$WORK/scenes" <<'EOF'
 import sys
@@ -32,7 +35,9 @@ for old, new in (("2017-09-18", "2022-03-02"), ("2017-09-21", "2022-03-05"), ("2
     with rasterio.open(f"{src}/lahinch_IE_s2l1c_{old}.tif") as r:
         profile, data, names = r.profile, r.read(), r.descriptions
     with rasterio.open(f"{dst}/lahinch_IE_s2l1c_{new}.tif", "w", **profile) as w:
-        w.write(np.clip(data.astype(np.int32) + 1000, 0, 65535).astype(data.dtype))
+        bands = [i for i, n in enumerate(names) if n.startswith("B")]  # not the QA60/cloud-probability layers
+        data[bands] = np.where(np.isfinite(data[bands]), data[bands] + 300, data[bands])
+        w.write(data)
         w.descriptions = names
 EOF
 "$BIN/eodeploy" monitor add lahinch --geometry "$ROOT/src/eodeploy/monitor/examples/lahinch.geojson" \
@@ -45,15 +50,15 @@ echo "== 2. retraining triggers"
 "$BIN/eodeploy" triggers list
 
 echo "== 3. retrain: a candidate from the recorded recipe"
-"$BIN/eodeploy" retrain eurosat-cnn --epochs "${EPOCHS:-8}"
+"$BIN/eodeploy" retrain eurosat-cnn ${EPOCHS:+--epochs "$EPOCHS"}
 "$BIN/eodeploy" models list
 
-echo "== 4. a real server under traffic; the candidate rolled out"
-"$BIN/eodeploy" models route eurosat-cnn --stable 3
+echo "== 4. a real server under traffic; rollouts"
+"$BIN/eodeploy" models route eurosat-cnn --stable 1
 "$BIN/eodeploy" serve > "$WORK/server.log" 2>&1 &
 SERVER=$!
 "$BIN/python" - "$PORT" "$WORK/traffic.json" <<'EOF' &
-# Steady traffic: real EuroSAT-MS patches, ~40 requests/s, every answer counted.
+# Steady traffic from one client: real EuroSAT-MS patches (OIP JSON), every answer counted.
 import json, sys, time
 from pathlib import Path
 import numpy as np, rasterio, requests
@@ -83,14 +88,17 @@ Path(out).write_text(json.dumps({"status": counts, "versions": versions}))
 EOF
 TRAFFIC=$!
 sleep 3
-"$BIN/eodeploy" models rollout eurosat-cnn --candidate 4 --window-s 8 --server "http://127.0.0.1:$PORT" || true
-
-echo "== 5. an older, weaker version rolled out next"
-"$BIN/eodeploy" models rollout eurosat-cnn --candidate 1 --window-s 8 --server "http://127.0.0.1:$PORT" || true
+W="--window-s 15 --server http://127.0.0.1:$PORT"
+echo "-- v2 (same recipe, same test accuracy) against v1: promoted"
+"$BIN/eodeploy" models rollout eurosat-cnn --candidate 2 $W || true
+echo "-- the retrained v4 against v2: the quality gate compares their recorded test accuracies first"
+"$BIN/eodeploy" models rollout eurosat-cnn --candidate 4 $W || true
+echo "-- v3 (ResNet-10, 93.67 %) against v2: the live checks decide"
+"$BIN/eodeploy" models rollout eurosat-cnn --candidate 3 $W || true
 
 touch "$WORK/traffic.json.stop"; wait "$TRAFFIC" || true
 kill "$SERVER"; wait "$SERVER" || true
 echo "traffic: $(cat "$WORK/traffic.json")"
 
-echo "== 6. history"
+echo "== 5. history"
 "$BIN/eodeploy" models history eurosat-cnn

@@ -315,6 +315,27 @@ def test_failed_windows_roll_back(tmp_path: Path, db_url: str) -> None:
     db.dispose()
 
 
+def test_a_candidate_far_below_the_champion_on_its_test_split_is_refused(tmp_path: Path, db_url: str) -> None:
+    """Live checks would pass a candidate that agrees with the champion on familiar inputs (the
+    worked example promoted one at 79.75 % against 93.67 %): the recorded test accuracy gates it."""
+    from eodeploy.errors import InvalidInputError
+
+    repo = three_versions(tmp_path)
+    ServingConfig(POLICY, {"stable": 2}).write(repo.root / "tiny")
+    for v, acc in ((2, 0.9367), (3, 0.7975)):
+        repo.get("tiny", v).update_properties(
+            {"eodeploy:metrics": {"split": "test", "n": 79, "accuracy": acc}}
+        )
+    db = Database(db_url)
+    sim = SimServer(repo)
+    with pytest.raises(InvalidInputError, match=r"79.75 % on its test split .* 93.67 %"):
+        controller(repo, db, sim, 3).run()
+    assert labels_of(repo) == ({"stable": 2}, 0.0)  # nothing routed
+    assert [r["action"] for r in rows(db)] == ["refused"]
+    assert controller(repo, db, sim, 3, max_accuracy_drop=0.2).run() == "promoted"  # allowed: goes ahead
+    db.dispose()
+
+
 def test_a_changed_candidate_restarts_the_analysis(tmp_path: Path, db_url: str) -> None:
     from typer.testing import CliRunner
 

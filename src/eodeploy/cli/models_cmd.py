@@ -172,6 +172,12 @@ def rollout(
     require_agreement: Annotated[
         bool, typer.Option(help="Hold windows with too few mirrored patches to compare with the champion.")
     ] = True,
+    max_accuracy_drop: Annotated[
+        float,
+        typer.Option(
+            help="Refuse a candidate whose recorded test accuracy is this many points below the champion's."
+        ),
+    ] = 2.0,
     approve: Annotated[bool, typer.Option(help="Approve the running rollout's gate.")] = False,
     abort: Annotated[bool, typer.Option(help="Roll the running rollout back now.")] = False,
     repo: RepoOpt = None,
@@ -200,6 +206,7 @@ def rollout(
             candidate, parse_steps(steps), window_s, window_requests, max_failures, gate,
             Thresholds(min_requests=min_requests, min_labels=cfg.feedback_min_labels,
                        require_agreement=require_agreement),
+            max_accuracy_drop=max_accuracy_drop / 100.0,
         )  # fmt: skip
         urls = server or [f"http://{cfg.host}:{cfg.port}"]
         controller = Controller(

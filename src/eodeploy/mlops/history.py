@@ -19,6 +19,7 @@ from eodeploy.monitor.db import Base, utcnow
 #: ``route``: labels or split changed by hand (``eodeploy models route``).
 ACTIONS = (
     "start", "window", "step", "gate", "approve", "restart", "abort", "rollback", "promote", "route",
+    "refused",
 )  # fmt: skip
 #: Rows that end a rollout.
 FINAL = ("rollback", "promote")

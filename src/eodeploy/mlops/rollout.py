@@ -74,6 +74,9 @@ class RolloutOptions:
     max_failures: int = 3
     gate: bool = False
     thresholds: Thresholds = field(default_factory=Thresholds)
+    #: Pre-rollout quality gate: no rollout of a candidate whose recorded test accuracy is more than
+    #: this much (a fraction) below the champion's on the same split (None: no gate).
+    max_accuracy_drop: float | None = 0.02
     #: How long to wait for every server to serve a split just written (hot reload, model load).
     apply_timeout_s: float = 60.0
     poll_s: float = 0.25
@@ -193,6 +196,38 @@ class Controller:
                 self._lease.release()
         return self.state
 
+    def _quality_gate(self, champion: int) -> None:
+        """Live checks judge errors, latency and agreement on the traffic: a candidate that agrees
+        with the champion on familiar inputs but scores far lower on the held-out test split would
+        pass them (the worked example promoted one). Refused here, and recorded, before any traffic."""
+        drop = self.opts.max_accuracy_drop
+        if drop is None:
+            return
+        cand, champ = (
+            self.repo.get(self.model, v).properties.get("eodeploy:metrics") or {}
+            for v in (self.candidate, champion)
+        )
+        if (
+            cand.get("accuracy") is None
+            or champ.get("accuracy") is None
+            or cand.get("split") != champ.get("split")
+        ):
+            return  # nothing comparable recorded: the live checks alone decide
+        if cand["accuracy"] >= champ["accuracy"] - drop:
+            return
+        reason = (
+            f"v{self.candidate} scores {100 * cand['accuracy']:.2f} % on its {cand.get('split')} split "
+            f"(n={cand.get('n')}) against the champion v{champion}'s {100 * champ['accuracy']:.2f} %: more "
+            f"than {100 * drop:.1f} points lower, so it is not rolled out"
+        )
+        with self.db.session() as s:
+            history.record(s, self.model, "refused", self.actor, reason, champion=champion,
+                           candidate=self.candidate, figures={"candidate": cand.get("accuracy"),
+                                                              "champion": champ.get("accuracy")})  # fmt: skip
+        raise InvalidInputError(
+            f"{reason}; evaluate or retrain it, or allow a larger drop (--max-accuracy-drop, in points)"
+        )
+
     def retarget(self, candidate: int) -> None:
         """Another candidate for the running rollout: the canary label changes, and the loop,
         seeing it as it would a change by hand, restarts the analysis."""
@@ -219,6 +254,7 @@ class Controller:
                 "roll out another version"
             )
         self.champion = champion
+        self._quality_gate(champion)
         before = cfg.canary_percent
         labels = self._write(champion, self.candidate, self.share)
         with self.db.session() as s:
@@ -536,4 +572,5 @@ def _options(o: RolloutOptions) -> dict[str, Any]:
         "max_failures": o.max_failures, "gate": o.gate, "min_requests": t.min_requests,
         "max_error_increase": t.max_error_increase, "p99_ratio": t.p99_ratio,
         "min_agreement": t.min_agreement, "min_mirrored": t.min_mirrored,
+        "require_agreement": t.require_agreement, "max_accuracy_drop": o.max_accuracy_drop,
     }  # fmt: skip
