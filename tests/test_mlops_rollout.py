@@ -553,7 +553,9 @@ def test_v2_promoted_then_v3_rolled_back_on_the_real_server(tmp_path: Path, db_u
         traffic = Traffic(server.http)
         traffic.start()
         try:
-            th = Thresholds(min_requests=5)
+            # Latency is not under test here (a loaded CI machine makes p99 noisy): only a
+            # candidate a second slower than the champion would fail on it.
+            th = Thresholds(min_requests=5, p99_slack_s=1.0)
             results = []
             for candidate in (2, 3):
                 opts = RolloutOptions(candidate, window_s=1.0, thresholds=th, apply_timeout_s=30)
@@ -594,7 +596,9 @@ def test_v2_promoted_then_v3_rolled_back_on_the_real_server(tmp_path: Path, db_u
     assert [d["action"] for d in second if d["action"] != "window"] == ["start", "rollback"]
     bad = [d for d in second if d["verdict"] == FAIL]
     assert len(bad) == 3 and all("agreement 0.0 %" in d["reason"] for d in bad), [d["reason"] for d in bad]
-    assert all(d["verdict"] in (PASS, INCONCLUSIVE) for d in first if d["action"] == "window")
+    assert all(d["verdict"] in (PASS, INCONCLUSIVE) for d in first if d["action"] == "window"), [
+        d["reason"] for d in first if d["verdict"] == FAIL
+    ]
     assert all(d["figures"]["mirrored"] >= 20 for d in bad)
     db.dispose()
 
