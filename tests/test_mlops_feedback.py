@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 from datetime import timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -426,9 +427,11 @@ def test_each_trigger_fires_once_and_alerts_through_the_outbox(
 
         with db.session() as s:  # drift verdicts as the drift monitor stores them (oldest first)
             ids = s.scalars(text("SELECT id FROM observations ORDER BY scene_datetime")).all()
+            cause = {"causes": ["less 1000 DN the scene matches the training data"]}
             for oid, flagged in zip(ids, [True, False, True, True, False, True]):  # newest last
                 s.add(ObservationDrift(observation_id=oid, area_id=area_id, clear_pixels=1000,
-                                       median_shift=1.3 if flagged else 0.2, flagged=flagged))  # fmt: skip
+                                       median_shift=1.3 if flagged else 0.2, flagged=flagged,
+                                       reference=cause if oid == ids[-1] else {}))  # fmt: skip
         with db.session() as s:
             assert drift_flags(s, area_id) == [True, False, True, True, False]  # newest first, 3 of 5
             assert drift_flags(s, area_id, last=2) == [True, False]
@@ -445,6 +448,9 @@ def test_each_trigger_fires_once_and_alerts_through_the_outbox(
             by_kind["drift"]["key"] == "drift:square:tiny:v1"
             and by_kind["drift"]["figures"]["flags"].count(True) == 3
         )
+        # The cause the reference check named travels with the trigger: fix the inputs, not the model.
+        assert by_kind["drift"]["figures"]["causes"] == cause["causes"]
+        assert "cause named: less 1000 DN" in by_kind["drift"]["message"]
         assert check_triggers(db, repo, cfg, now=later) == []  # each recorded once
         r = CliRunner().invoke(
             app, ["triggers", "check", "--db", db_url, "--repo", str(repo.root), "--no-send"]
@@ -546,9 +552,25 @@ def test_retrain_on_training_data_plus_feedback(eurosat_dir: Path, tmp_path: Pat
     assert props["eodeploy:training"]["split"]["train"] == len(expected.train) + 12 - held
     with db.session() as s:
         assert s.scalar(select(RetrainTrigger.retrained_version)) == 2
-    # A package with no recipe cannot be retrained: said plainly.
+    # A model with no such name: said plainly.
     r = runner.invoke(
         app, ["retrain", "nope", "--data", str(eurosat_dir), "--db", db_url, "--repo", str(repo_dir)]
     )
     assert r.exit_code == 2 and "no model named 'nope'" in r.output
+    # A fine-tuned package's recipe includes the network it started from (--init-from).
+    r = runner.invoke(app, ["train", str(eurosat_dir), "--name", "tiny-ft", "--init-from", "tiny-cnn:1", "--epochs", "1",
+                            "--patience", "1", "--no-tta", "--repo", str(repo_dir)])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    common = ["--data", str(eurosat_dir), "--db", db_url, "--repo", str(repo_dir), "--epochs", "1"]
+    r = runner.invoke(app, ["retrain", "tiny-ft", *common])
+    assert r.exit_code == 0, r.output
+    ft2 = ModelRepository(repo_dir).get("tiny-ft")
+    assert ft2.version == 2 and ft2.properties["mlm:pretrained_source"] == "tiny-cnn v1 (eodeploy package)"
+    # ... and when that network is gone, retraining says so instead of silently starting from scratch.
+    shutil.rmtree(repo_dir / "tiny-cnn" / "1")
+    r = runner.invoke(app, ["retrain", "tiny-ft", *common])
+    assert r.exit_code == 2 and "fine-tuned from tiny-cnn v1, which is not in the repository" in r.output, (
+        r.output
+    )
+    assert ModelRepository(repo_dir).versions("tiny-ft") == [1, 2]  # nothing written
     db.dispose()

@@ -4,15 +4,16 @@ version scored on the original test split and on the held-back feedback."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from eodeploy.data.eurosat import PatchDataset, Split, load_patch_folder, stratified_split
-from eodeploy.errors import DataError
+from eodeploy.errors import DataError, ModelNotFoundError
 from eodeploy.mlops.feedback import Accuracy, feedback_patches
 from eodeploy.mlops.triggers import mark_retrained
 from eodeploy.monitor.db import Database
@@ -20,6 +21,31 @@ from eodeploy.package.repository import ModelPackage, ModelRepository
 from eodeploy.settings import Settings
 
 FEEDBACK_PREFIX = "feedback/"
+
+
+#: How ``train_package`` names the package a version was fine-tuned from (``mlm:pretrained_source``).
+PRETRAINED_SOURCE = re.compile(r"^(?P<name>\S+) v(?P<version>\d+) \(eodeploy package\)$")
+
+
+def pretrained_source(pkg: ModelPackage, repo: ModelRepository) -> ModelPackage | None:
+    """The package ``pkg`` was fine-tuned from (``--init-from``), found in ``repo``: part of the recipe
+    (the bundled 13-band v3 reaches 93.7 % from the RGB network's filters, ~80 % without them)."""
+    if not pkg.properties.get("mlm:pretrained"):
+        return None
+    named = str(pkg.properties.get("mlm:pretrained_source") or "")
+    m = PRETRAINED_SOURCE.match(named)
+    if m is None:
+        raise DataError(
+            f"{pkg.name} v{pkg.version} was fine-tuned from {named or 'an unnamed network'}, which is not an "
+            "eodeploy package: retrain it with 'eodeploy train --init-from PACKAGE' instead"
+        )
+    try:
+        return repo.get(m["name"], int(m["version"]))
+    except ModelNotFoundError:
+        raise DataError(
+            f"{pkg.name} v{pkg.version} was fine-tuned from {m['name']} v{m['version']}, which is not in "
+            f"the repository {repo.root}: add it (eodeploy models import) or retrain with 'eodeploy train --init-from'"
+        ) from None
 
 
 def recipe(pkg: ModelPackage) -> tuple[Any, dict[str, Any]]:
@@ -55,13 +81,14 @@ def retrain(
     epochs: int | None = None,
 ) -> tuple[ModelPackage, dict[str, Any]]:
     """Train a new candidate of ``name`` from ``version`` (default: latest); returns it and a summary."""
-    from dataclasses import replace
-
     from eodeploy.runtime.predictor import Predictor
     from eodeploy.train.pipeline import train_package
 
     source = repo.get(name, version)
     config, training = recipe(source)
+    init = pretrained_source(source, repo)
+    if init is not None:
+        config = replace(config, init_from=str(init.path))
     if epochs is not None:
         config = replace(config, epochs=epochs, patience=min(config.patience, epochs))
     data_dir = Path(data_dir or settings.data_dir)
