@@ -254,6 +254,23 @@ def recent_drift(session: Session, area_id: int, last: int = 5) -> list[bool]:
     return [bool(f) for f in session.scalars(q)]
 
 
+def recent_causes(session: Session, area_id: int, last: int = 5) -> list[str]:
+    """The causes the reference check named for the newest flagged observation among the area's
+    ``last`` clear ones that has any: what to fix in the inputs before retraining could help."""
+    q = (
+        select(ObservationDrift.reference)
+        .join(Observation, Observation.id == ObservationDrift.observation_id)
+        .where(Observation.area_id == area_id, Observation.status == "ok", ObservationDrift.flagged.is_(True))
+        .order_by(Observation.scene_datetime.desc())
+        .limit(last)
+    )
+    for reference in session.scalars(q):
+        causes = (reference or {}).get("causes")
+        if causes:
+            return [str(c) for c in causes]
+    return []
+
+
 # --- serving: one window ------------------------------------------------------------------------
 
 

@@ -188,6 +188,8 @@ def check_triggers(
                                f"{labels_since} new labels since v{v} was trained "
                                f"(threshold {settings.retrain_feedback_labels})",
                                {"labels_since": labels_since, "threshold": settings.retrain_feedback_labels}))  # fmt: skip
+    from eodeploy.mlops.drift import recent_causes
+
     with db.session() as s:
         areas = s.scalars(select(Area).where(Area.active.is_(True)).order_by(Area.name)).all()
         drifted = []
@@ -198,11 +200,14 @@ def check_triggers(
                     select(Observation.model_version).where(Observation.area_id == area.id, Observation.status == "ok")
                     .order_by(Observation.scene_datetime.desc(), Observation.id.desc()).limit(1)
                 )  # fmt: skip
-                drifted.append((area, flags, version))
-    for area, flags, version in drifted:
+                drifted.append((area, flags, version, recent_causes(s, area.id, settings.retrain_drift_last)))
+    for area, flags, version, causes in drifted:
+        reason = f"drift flagged on {sum(flags)} of the last {len(flags)} clear observations of {area.name}"
+        if causes:  # a named cause is fixed in the inputs; retraining on the same data would not help
+            reason += "; cause named: " + "; ".join(causes)
         new.append(_record(db, settings, f"drift:{area.name}:{area.model}:v{version}", "drift", area.model, version,
-                           f"drift flagged on {sum(flags)} of the last {len(flags)} clear observations of {area.name}",
-                           {"flags": flags, "needed": settings.retrain_drift_flagged}, area))  # fmt: skip
+                           reason, {"flags": flags, "needed": settings.retrain_drift_flagged, "causes": causes},
+                           area))  # fmt: skip
     return [t for t in new if t is not None]
 
 
