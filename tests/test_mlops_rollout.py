@@ -271,6 +271,29 @@ def test_promotes_through_every_step_and_records_why(tmp_path: Path, db_url: str
     db.dispose()
 
 
+def test_a_canary_nobody_sends_traffic_to_is_rolled_back_after_the_inconclusive_limit(
+    tmp_path: Path, db_url: str
+) -> None:
+    """Holding is right for a window or two; a canary with no traffic at all would be left routed for
+    ever (the worked example's traffic client once died and the controller held for minutes)."""
+    from eodeploy.errors import InvalidInputError
+
+    repo = three_versions(tmp_path)
+    ServingConfig(POLICY, {"stable": 1}).write(repo.root / "tiny")
+    db = Database(db_url)
+    sim = SimServer(repo, per_scrape=4)  # 10 % of 4: no candidate request at all
+    assert controller(repo, db, sim, 2, max_inconclusive=3).run() == "rolled_back"
+    got = rows(db)
+    assert [r["verdict"] for r in got if r["action"] == "window"] == [INCONCLUSIVE] * 3
+    assert (
+        got[-1]["action"] == "rollback" and "3 inconclusive windows in a row (limit 3)" in got[-1]["reason"]
+    )
+    assert labels_of(repo) == ({"stable": 1}, 0.0)
+    with pytest.raises(InvalidInputError, match="max_inconclusive"):
+        RolloutOptions(2, max_inconclusive=-1)
+    db.dispose()
+
+
 def test_inconclusive_windows_hold_the_share_and_never_pass(tmp_path: Path, db_url: str) -> None:
     repo = three_versions(tmp_path)
     db = Database(db_url)
@@ -333,6 +356,15 @@ def test_a_candidate_far_below_the_champion_on_its_test_split_is_refused(tmp_pat
     assert labels_of(repo) == ({"stable": 2}, 0.0)  # nothing routed
     assert [r["action"] for r in rows(db)] == ["refused"]
     assert controller(repo, db, sim, 3, max_accuracy_drop=0.2).run() == "promoted"  # allowed: goes ahead
+    # Accuracies on different test splits are not compared: the gate says so and the live checks decide.
+    for v, digest in ((2, "a" * 64), (3, "b" * 64)):
+        repo.get("tiny", v).update_properties({"eodeploy:training": {"test_files_hash": digest}})
+    ServingConfig(POLICY, {"stable": 2}).write(repo.root / "tiny")
+    events: list[tuple[str, dict[str, Any]]] = []
+    c = controller(repo, db, sim, 3)
+    c.on_event = lambda kind, data: events.append((kind, data))
+    assert c.run() == "promoted"
+    assert any(k == "warning" and "different test splits" in d["message"] for k, d in events)
     db.dispose()
 
 

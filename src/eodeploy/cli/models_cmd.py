@@ -164,6 +164,9 @@ def rollout(
         int, typer.Option(help="Fewer candidate requests in a window: inconclusive (holds the share).")
     ] = 20,
     max_failures: Annotated[int, typer.Option(help="Failed windows before rolling back.")] = 3,
+    max_inconclusive: Annotated[
+        int, typer.Option(help="Inconclusive windows in a row before rolling back (0: hold for ever).")
+    ] = 20,
     server: Annotated[
         list[str] | None,
         typer.Option("--server", help="Server URL to read /metrics from (repeatable; summed)."),
@@ -206,7 +209,7 @@ def rollout(
             candidate, parse_steps(steps), window_s, window_requests, max_failures, gate,
             Thresholds(min_requests=min_requests, min_labels=cfg.feedback_min_labels,
                        require_agreement=require_agreement),
-            max_accuracy_drop=max_accuracy_drop / 100.0,
+            max_accuracy_drop=max_accuracy_drop / 100.0, max_inconclusive=max_inconclusive,
         )  # fmt: skip
         urls = server or [f"http://{cfg.host}:{cfg.port}"]
         controller = Controller(

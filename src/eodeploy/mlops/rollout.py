@@ -6,7 +6,8 @@ server, started by the API. Each window closes after ``window_s`` (or earlier, a
 ``window_requests`` candidate requests); its verdict (``analysis.evaluate``) is pass, fail or
 inconclusive. A pass moves to the next share, an inconclusive window holds it and never counts as
 a pass, and the rollout rolls back after ``max_failures`` failed windows — also while it waits at
-the manual gate before 100 %. A candidate changed by hand (the ``canary`` label) restarts the
+the manual gate before 100 % — or after ``max_inconclusive`` inconclusive windows in a row outside
+the gate (too little traffic to judge: Flagger's progress deadline). A candidate changed by hand (the ``canary`` label) restarts the
 analysis from the first step. Every decision is written to ``model_decisions`` with its figures,
 and a split counts as applied only once every watched server reports serving it.
 """
@@ -80,11 +81,37 @@ class RolloutOptions:
     #: How long to wait for every server to serve a split just written (hot reload, model load).
     apply_timeout_s: float = 60.0
     poll_s: float = 0.25
+    #: Inconclusive windows in a row (outside the manual gate) before rolling back: a canary nobody
+    #: sends traffic to is not left routed for ever (0: hold for ever).
+    max_inconclusive: int = 20
 
     def __post_init__(self) -> None:
         parse_steps(self.steps)
-        if self.window_s <= 0 or self.max_failures < 1 or self.window_requests < 0:
-            raise InvalidInputError("window_s must be > 0, max_failures >= 1 and window_requests >= 0")
+        if (
+            self.window_s <= 0
+            or self.max_failures < 1
+            or self.window_requests < 0
+            or self.max_inconclusive < 0
+        ):
+            raise InvalidInputError(
+                "window_s must be > 0, max_failures >= 1, window_requests >= 0 and max_inconclusive >= 0"
+            )
+
+
+def not_the_same_test_set(a: dict[str, Any], b: dict[str, Any]) -> str | None:
+    """Why two packages' recorded test accuracies cannot be compared (None: they can). Trained
+    packages record their test file list's hash; others must at least name the same split and size."""
+    ma, mb = a.get("eodeploy:metrics") or {}, b.get("eodeploy:metrics") or {}
+    ha, hb = ((p.get("eodeploy:training") or {}).get("test_files_hash") for p in (a, b))
+    if ha and hb:
+        return (
+            None
+            if ha == hb
+            else f"the two versions were tested on different test splits (n={ma.get('n')} and {mb.get('n')})"
+        )
+    if (ma.get("split"), ma.get("n")) != (mb.get("split"), mb.get("n")):
+        return "the two versions record accuracies on different splits"
+    return None
 
 
 class Controller:
@@ -111,6 +138,7 @@ class Controller:
         self.champion: int | None = None
         self.step = 0
         self.failures = 0
+        self.inconclusive = 0  # in a row
         self.state = "starting"
         self.rollout_id: int | None = None
         self.approved = False
@@ -203,16 +231,16 @@ class Controller:
         drop = self.opts.max_accuracy_drop
         if drop is None:
             return
-        cand, champ = (
-            self.repo.get(self.model, v).properties.get("eodeploy:metrics") or {}
-            for v in (self.candidate, champion)
-        )
-        if (
-            cand.get("accuracy") is None
-            or champ.get("accuracy") is None
-            or cand.get("split") != champ.get("split")
-        ):
-            return  # nothing comparable recorded: the live checks alone decide
+        props = [self.repo.get(self.model, v).properties for v in (self.candidate, champion)]
+        cand, champ = (p.get("eodeploy:metrics") or {} for p in props)
+        if cand.get("accuracy") is None or champ.get("accuracy") is None:
+            return  # nothing recorded: the live checks alone decide
+        why = not_the_same_test_set(*props)
+        if why:
+            self.on_event(
+                "warning", {"message": f"quality gate not applied: {why}; the live checks alone decide"}
+            )
+            return
         if cand["accuracy"] >= champ["accuracy"] - drop:
             return
         reason = (
@@ -323,7 +351,10 @@ class Controller:
         verdict.figures["closed_at"] = closed_at.isoformat() + "Z"
         if verdict.outcome == FAIL:
             self.failures += 1
+        held = verdict.outcome not in (PASS, FAIL) and self.state != "waiting_gate"
+        self.inconclusive = self.inconclusive + 1 if held else 0
         verdict.figures["failures"] = self.failures
+        verdict.figures["inconclusive_in_a_row"] = self.inconclusive
         with self._lock:
             self.last = {"verdict": verdict.outcome, "reason": verdict.text, "figures": verdict.figures}
         self._record("window", verdict.text, verdict=verdict.outcome, figures=verdict.figures)
@@ -331,6 +362,13 @@ class Controller:
             self._end(
                 "rollback",
                 f"{self.failures} failed windows (limit {self.opts.max_failures}); last: {verdict.text}",
+                figures=verdict.figures,
+            )
+        elif self.opts.max_inconclusive and self.inconclusive >= self.opts.max_inconclusive:
+            self._end(
+                "rollback",
+                f"{self.inconclusive} inconclusive windows in a row (limit {self.opts.max_inconclusive}): "
+                f"too little to judge the candidate on; last: {verdict.text}",
                 figures=verdict.figures,
             )
         elif verdict.outcome == PASS:
@@ -412,7 +450,7 @@ class Controller:
         old = self.candidate
         with self._lock:
             self.candidate, self.champion = canary, stable
-            self.step, self.failures, self.approved, self._reference = 0, 0, False, None
+            self.step, self.failures, self.inconclusive, self.approved, self._reference = 0, 0, 0, False, None
             self.state = "running"
         self._write(stable, canary, self.share)
         row_id = self._record(
@@ -569,7 +607,8 @@ def _options(o: RolloutOptions) -> dict[str, Any]:
     t = o.thresholds
     return {
         "steps": list(o.steps), "window_s": o.window_s, "window_requests": o.window_requests,
-        "max_failures": o.max_failures, "gate": o.gate, "min_requests": t.min_requests,
+        "max_failures": o.max_failures, "max_inconclusive": o.max_inconclusive, "gate": o.gate,
+        "min_requests": t.min_requests,
         "max_error_increase": t.max_error_increase, "p99_ratio": t.p99_ratio,
         "min_agreement": t.min_agreement, "min_mirrored": t.min_mirrored,
         "require_agreement": t.require_agreement, "max_accuracy_drop": o.max_accuracy_drop,

@@ -62,6 +62,12 @@ class RolloutRequest(BaseModel):
         True, description="hold a window whose agreement with the champion could not be judged"
     )
     max_failures: int = Field(3, ge=1, le=1000)
+    max_inconclusive: int = Field(
+        20,
+        ge=0,
+        le=100000,
+        description="inconclusive windows in a row before rolling back (0: hold for ever)",
+    )
     gate: bool = Field(False, description="hold before 100 % until approved")
     approve: bool = False
     abort: bool = False
@@ -111,6 +117,7 @@ def start_rollout(request: Request, name: str, body: RolloutRequest) -> Response
         body.candidate, parse_steps(body.steps), body.window_s, body.window_requests, body.max_failures,
         body.gate, Thresholds(min_requests=body.min_requests, min_labels=state.settings.feedback_min_labels,
                               require_agreement=body.require_agreement),
+        max_inconclusive=body.max_inconclusive,
     )  # fmt: skip
     registry = state.metrics.registry
     controller = Controller(
