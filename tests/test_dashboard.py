@@ -88,6 +88,9 @@ def test_every_page_renders_on_the_demo_database(client: Any) -> None:
         assert r.status_code == 200, (page, r.text[:500])
         assert "<main" in r.text and SECRET not in r.text and "ana.reyes@" not in r.text
     assert client.get("/", follow_redirects=False).headers["location"] == "/dashboard"
+    # Uptime checkers and `curl -I` ask with HEAD (it was a 405).
+    assert client.head("/dashboard", follow_redirects=False).status_code == 303
+    assert all(client.head(f"/dashboard/{page}").status_code == 200 for page in ("areas", "series", "try"))
     areas = client.get("/dashboard/api/areas").json()
     assert [f["properties"]["name"] for f in areas["features"]] == ["lahinch", "palawan", "tawi-tawi"]
     lahinch, palawan, tawi = areas["features"]

@@ -423,6 +423,8 @@ def test_each_trigger_fires_once_and_alerts_through_the_outbox(
         with db.session() as s:
             assert drift_flags(s, area_id) == []  # no drift verdicts yet: no drift trigger
         assert check_triggers(db, repo, cfg) == []  # a new version, too few labels, no drift
+        r = CliRunner().invoke(app, ["triggers", "list", "--db", db_url])
+        assert r.exit_code == 0 and "no retraining triggers recorded yet" in r.output, r.output
         from eodeploy.mlops.drift import ObservationDrift
 
         with db.session() as s:  # drift verdicts as the drift monitor stores them (oldest first)

@@ -93,11 +93,14 @@ def list_(
 
     with _open(_settings(db)) as database, database.session() as s:
         rows = list_triggers(s, model)
+    if not rows:
+        console.print("no retraining triggers recorded yet (eodeploy triggers check evaluates them)")
+        return
     table = Table(title="retraining triggers")
     for col in ("id", "when", "kind", "model", "reason", "retrained as"):
         table.add_column(col)
     for t in rows:
-        table.add_row(str(t["id"]), t["created_at"][:19], t["kind"], f"{t['model']} v{t['version']}", t["message"],
+        table.add_row(str(t["id"]), t["created_at"][:16], t["kind"], f"{t['model']} v{t['version']}", t["message"],
                       f"v{t['retrained_version']}" if t["retrained_version"] else "-")  # fmt: skip
     console.print(table)
 

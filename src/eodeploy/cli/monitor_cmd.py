@@ -366,7 +366,8 @@ def series(
     if len(versions) > 1:
         cols.insert(1, "model")
     for col in cols:
-        table.add_column(col, justify="left" if col in ("date", "status", "model") else "right")
+        table.add_column(col, justify="left" if col in ("date", "status", "model") else "right",
+                         no_wrap=col == "date", min_width=10 if col == "date" else None)  # fmt: skip
 
     def change(ha: float | None, p: float | None) -> str:
         return "-" if ha is None else f"{ha:+.2f}" + (f" ({p:+.0f}%)" if p is not None else "")

@@ -264,8 +264,13 @@ def cog_checks(url: str, timeout_s: float) -> list[Check]:
 
     with rasterio.open(tif) as ds:
         alg, overviews = ds.tags().get("OVR_RESAMPLING_ALG"), ds.overviews(1)
-    if alg == "MODE" and overviews:
-        return [Check("outputs", name, OK, f"{CLASSES_TIF}: {len(overviews)} overviews built with MODE")]
+    if alg == "MODE":
+        built = (
+            f"{len(overviews)} overviews built with MODE"
+            if overviews
+            else "overviews set to MODE (none needed at this size)"
+        )
+        return [Check("outputs", name, OK, f"{CLASSES_TIF}: {built}")]
     fix = "re-run the observation with this version (eodeploy monitor run): maps are written by geo.outputs.to_cog"
     if alg is None:
         return [

@@ -437,3 +437,4 @@ class Database:
 from eodeploy.mlops import drift as _drift  # noqa: E402,F401  tables
 from eodeploy.mlops import feedback as _feedback  # noqa: E402,F401,I001  tables
 from eodeploy.mlops import history as _history  # noqa: E402,F401  tables
+from eodeploy.mlops import triggers as _triggers  # noqa: E402,F401,I001  tables

@@ -244,25 +244,25 @@ def _series(request: Request, name: str) -> tuple[dict[str, Any], dict[str, Any]
 # --- Pages -------------------------------------------------------------------------------------
 
 
-@router.get("")
+@router.api_route("", methods=["GET", "HEAD"])
 async def home() -> Response:
     return RedirectResponse("/dashboard/areas", status_code=303)
 
 
-@router.get("/areas")
+@router.api_route("/areas", methods=["GET", "HEAD"])
 def areas_page(request: Request) -> Response:
     data = _monitoring_or_none(request, areas_overview)
     return _page(request, "areas.html", "areas", data=data)
 
 
-@router.get("/series")
+@router.api_route("/series", methods=["GET", "HEAD"])
 def series_page(request: Request, area: str | None = None) -> Response:
     names = _monitoring_or_none(request, _area_names) or []
     chosen = area if area in names else (names[0] if names else None)
     return _page(request, "series.html", "series", names=names, chosen=chosen)
 
 
-@router.get("/alerts")
+@router.api_route("/alerts", methods=["GET", "HEAD"])
 def alerts_page(request: Request, area: str | None = None, state: str = "open") -> Response:
     names = _monitoring_or_none(request, _area_names) or []
     rows = _monitoring_or_none(request, lambda r: _alert_rows(r, area, state))
@@ -286,7 +286,7 @@ def ack_alert(request: Request, alert_id: int) -> Response:
     return templates.TemplateResponse(request, "_alert_rows.html", {"rows": [row]})
 
 
-@router.get("/models")
+@router.api_route("/models", methods=["GET", "HEAD"])
 def models_page(request: Request) -> Response:
     return _page(request, "models.html", "models", models=_models(request), stats=_stats(request))
 
@@ -296,7 +296,7 @@ def models_stats(request: Request) -> Response:
     return templates.TemplateResponse(request, "_stats.html", {"stats": _stats(request)})
 
 
-@router.get("/try")
+@router.api_route("/try", methods=["GET", "HEAD"])
 def try_page(request: Request) -> Response:
     served = [
         {"name": m["name"], "versions": [v["version"] for v in m["versions"] if v["served"]]}
