@@ -79,6 +79,10 @@ class InsecureConfigError(EodeployError, ValueError):
     """A configuration that would expose unauthenticated admin routes to the network."""
 
 
+class PortInUseError(EodeployError, OSError):
+    """A port the server was asked to listen on is taken."""
+
+
 class DatabaseBusyError(DatabaseUnavailableError):
     """The results database answers but is locked by another writer (SQLite's "database is
     locked"); retried with back-off, then reported as busy, not as unreachable."""

@@ -40,6 +40,11 @@ class Settings(BaseSettings):
     request_timeout_s: float = 30.0
     #: Seconds between model-repository scans for new or removed versions (0: no hot reload).
     poll_interval_s: float = 2.0
+    #: On SIGTERM/SIGINT: keep answering while readiness reports "draining" for this long (so load
+    #: balancers and Kubernetes endpoints stop sending), then stop accepting and give in-flight
+    #: HTTP and gRPC requests up to ``drain_timeout_s`` to finish before exiting.
+    drain_delay_s: float = Field(0.0, ge=0)
+    drain_timeout_s: float = Field(10.0, ge=0)
     #: Response cache: in-process LRU bound in MiB (0: off), or Redis shared by replicas.
     cache_mib: float = 64.0
     redis_url: str | None = None

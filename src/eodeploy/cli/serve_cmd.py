@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated
 
@@ -63,6 +64,7 @@ def serve(
     """
     import uvicorn
 
+    from eodeploy.serve.lifecycle import DrainingServer, check_port_free
     from eodeploy.serve.middleware import configure_logging
     from eodeploy.serve.policy import VersionPolicy
     from eodeploy.web.app import create_app
@@ -85,17 +87,21 @@ def serve(
         from eodeploy.errors import ModelNotFoundError
 
         raise ModelNotFoundError(f"model repository {cfg.model_repo} does not exist; pass a folder of models")
+    check_port_free(cfg.host, cfg.port, "HTTP", "--port")
+    if cfg.grpc_port:
+        check_port_free(cfg.host, cfg.grpc_port, "gRPC", "--grpc-port (0 turns gRPC off)")
     configure_logging(cfg.log_json)
+    app = create_app(cfg)
+    config = uvicorn.Config(
+        app, host=cfg.host, port=cfg.port, log_config=None, access_log=False,
+        timeout_graceful_shutdown=math.ceil(cfg.drain_timeout_s),
+    )  # fmt: skip
+    server = DrainingServer(config, app.state, cfg.drain_delay_s, cfg.drain_timeout_s)
     err_console.print(
         f"eodeploy serving {cfg.model_repo} on http://{cfg.host}:{cfg.port} "
         f"(docs at /docs, metrics at /metrics)"
         + (f", gRPC on {cfg.host}:{cfg.grpc_port}" if cfg.grpc_port else "")
     )
-    uvicorn.run(
-        create_app(cfg),
-        host=cfg.host,
-        port=cfg.port,
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=10,
-    )
+    server.run()
+    if not server.started:  # uvicorn could not bind after all (taken since the check): it logged why
+        raise typer.Exit(1)

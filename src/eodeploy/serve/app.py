@@ -53,11 +53,12 @@ def create_inference_app(settings: Settings | None = None, grpc: bool = True) ->
             grpc_server = await start_grpc_server(
                 state, settings.host, settings.grpc_port, int(settings.max_body_mib * 2**20)
             )
+        state.grpc_server = grpc_server
         try:
             yield
         finally:
-            if grpc_server is not None:
-                await grpc_server.stop(grace=5)
+            if grpc_server is not None:  # already stopping when the drain began (serve.lifecycle)
+                await (getattr(state, "grpc_stop", None) or grpc_server.stop(grace=settings.drain_timeout_s))
             await state.registry.stop()
             if state.inference.cache is not None:
                 await state.inference.cache.close()

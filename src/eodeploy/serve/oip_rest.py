@@ -46,12 +46,20 @@ async def live() -> Response:
 
 @router.get(
     "/v2/health/ready",
-    summary="Server ready: 200 once every model is loaded and warmed up",
+    summary="Server ready: 200 once every model is loaded and warmed up, 503 while loading or draining",
     response_class=Response,
-    responses={**_NO_BODY, 503: {"description": "Not yet (empty body)", "content": {}}},
+    responses={
+        **_NO_BODY,
+        503: {
+            "description": "Not ready (empty body; X-Server-State: loading, unavailable or draining)",
+            "content": {},
+        },
+    },
 )
 async def ready(request: Request) -> Response:
-    return Response(status_code=200 if request.app.state.registry.ready else 503)
+    registry = request.app.state.registry
+    state = registry.state
+    return Response(status_code=200 if state == "ready" else 503, headers={"X-Server-State": state})
 
 
 @router.get("/v2/models/{name}", summary="Model metadata")

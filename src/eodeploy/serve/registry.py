@@ -78,6 +78,7 @@ class ModelRegistry:
         self._load_task: asyncio.Task[None] | None = None
         self._expected: set[str] = set()  # models with versions the policy wants loaded
         self.loaded = False  # the initial load has finished (well or not)
+        self.draining = False  # shutting down: not ready, still answering what arrives
         self._rng = random.Random()
 
     # --- lifecycle ------------------------------------------------------------------------------
@@ -101,7 +102,16 @@ class ModelRegistry:
     def ready(self) -> bool:
         """Loaded, and every model the repository wants served has a version that loaded: a server
         whose every version failed is not ready."""
-        return self.loaded and all(self._served.get(name) for name in self._expected)
+        return not self.draining and self.loaded and all(self._served.get(name) for name in self._expected)
+
+    @property
+    def state(self) -> str:
+        """ "draining", "loading", "ready" or "unavailable" (loaded, but a wanted model has no version)."""
+        if self.draining:
+            return "draining"
+        if not self.loaded:
+            return "loading"
+        return "ready" if self.ready else "unavailable"
 
     async def stop(self) -> None:
         for task in (self._load_task, self._poll_task):
