@@ -241,34 +241,23 @@ def drift_by_observation(session: Session, observation_ids: list[int]) -> dict[i
     return {r.observation_id: drift_dict(r) for r in rows}
 
 
-def recent_drift(session: Session, area_id: int, last: int = 5) -> list[bool]:
-    """Drift verdicts of the area's ``last`` clear observations, newest first (for triggers such
-    as "drift on ≥ 3 of the last 5 clear observations")."""
+def recent_verdicts(session: Session, area_id: int, last: int = 5) -> list[tuple[bool, list[str]]]:
+    """(flagged, causes the reference check named) of the area's ``last`` clear observations,
+    newest first: the one query behind the trigger "drift on ≥ 3 of the last 5 clear observations"
+    and the cause it reports."""
     q = (
-        select(ObservationDrift.flagged)
+        select(ObservationDrift.flagged, ObservationDrift.reference)
         .join(Observation, Observation.id == ObservationDrift.observation_id)
         .where(Observation.area_id == area_id, Observation.status == "ok")
         .order_by(Observation.scene_datetime.desc())
         .limit(last)
     )
-    return [bool(f) for f in session.scalars(q)]
+    return [(bool(f), [str(c) for c in (ref or {}).get("causes") or []]) for f, ref in session.execute(q)]
 
 
-def recent_causes(session: Session, area_id: int, last: int = 5) -> list[str]:
-    """The causes the reference check named for the newest flagged observation among the area's
-    ``last`` clear ones that has any: what to fix in the inputs before retraining could help."""
-    q = (
-        select(ObservationDrift.reference)
-        .join(Observation, Observation.id == ObservationDrift.observation_id)
-        .where(Observation.area_id == area_id, Observation.status == "ok", ObservationDrift.flagged.is_(True))
-        .order_by(Observation.scene_datetime.desc())
-        .limit(last)
-    )
-    for reference in session.scalars(q):
-        causes = (reference or {}).get("causes")
-        if causes:
-            return [str(c) for c in causes]
-    return []
+def recent_drift(session: Session, area_id: int, last: int = 5) -> list[bool]:
+    """Drift verdicts of the area's ``last`` clear observations, newest first."""
+    return [flagged for flagged, _ in recent_verdicts(session, area_id, last)]
 
 
 # --- serving: one window ------------------------------------------------------------------------

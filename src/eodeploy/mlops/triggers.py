@@ -188,19 +188,22 @@ def check_triggers(
                                f"{labels_since} new labels since v{v} was trained "
                                f"(threshold {settings.retrain_feedback_labels})",
                                {"labels_since": labels_since, "threshold": settings.retrain_feedback_labels}))  # fmt: skip
-    from eodeploy.mlops.drift import recent_causes
+    from eodeploy.mlops.drift import recent_verdicts
 
     with db.session() as s:
         areas = s.scalars(select(Area).where(Area.active.is_(True)).order_by(Area.name)).all()
         drifted = []
         for area in areas:
-            flags = drift_flags(s, area.id, settings.retrain_drift_last)
+            verdicts = recent_verdicts(s, area.id, settings.retrain_drift_last)
+            flags = [flagged for flagged, _ in verdicts]
             if sum(flags) >= settings.retrain_drift_flagged:
                 version = s.scalar(
                     select(Observation.model_version).where(Observation.area_id == area.id, Observation.status == "ok")
                     .order_by(Observation.scene_datetime.desc(), Observation.id.desc()).limit(1)
                 )  # fmt: skip
-                drifted.append((area, flags, version, recent_causes(s, area.id, settings.retrain_drift_last)))
+                # The newest flagged observation's named cause: the fix may be in the inputs.
+                causes = next((c for flagged, c in verdicts if flagged and c), [])
+                drifted.append((area, flags, version, causes))
     for area, flags, version, causes in drifted:
         reason = f"drift flagged on {sum(flags)} of the last {len(flags)} clear observations of {area.name}"
         if causes:  # a named cause is fixed in the inputs; retraining on the same data would not help
