@@ -36,7 +36,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from eodeploy.errors import ConflictError
 from eodeploy.mlops import feedback as fb  # a module: imported while monitor.db loads its tables
-from eodeploy.monitor.db import Area, Base, Database, Observation, utcnow
+from eodeploy.monitor.db import Area, Base, Database, DeliveryColumns, Observation, utcnow
 from eodeploy.package.repository import ModelPackage, ModelRepository
 from eodeploy.settings import Settings
 
@@ -61,22 +61,13 @@ class RetrainTrigger(Base):
     retrained_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
 
 
-class TriggerDelivery(Base):
-    """One trigger to one destination: the columns of ``monitor.db.Delivery`` (the same outbox)."""
+class TriggerDelivery(DeliveryColumns, Base):
+    """One trigger to one destination: the alerts' outbox columns."""
 
     __tablename__ = "trigger_deliveries"
     __table_args__ = (UniqueConstraint("trigger_id", "channel", "target", name="uq_trigger_delivery"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     trigger_id: Mapped[int] = mapped_column(ForeignKey("retrain_triggers.id", ondelete="CASCADE"), index=True)
-    channel: Mapped[str] = mapped_column(String(20))
-    target: Mapped[str] = mapped_column(String(2000))
-    status: Mapped[str] = mapped_column(String(20), default="pending")
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
-    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
-    last_attempt_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
-    sent_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
-    claimed_by: Mapped[str | None] = mapped_column(String(100), nullable=True)
-    claimed_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
 
 
 def outbox() -> Any:

@@ -153,13 +153,10 @@ class Alert(Base):
     )
 
 
-class Delivery(Base):
-    """One alert to one destination (webhook URL or e-mail address) and how sending it went."""
+class DeliveryColumns:
+    """The columns of an outbox row (``monitor.alerts.Outbox``): one message to one destination
+    (webhook URL or e-mail address) and how sending it went. Alerts and retraining triggers share them."""
 
-    __tablename__ = "deliveries"
-    __table_args__ = (UniqueConstraint("alert_id", "channel", "target", name="uq_delivery"),)
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    alert_id: Mapped[int] = mapped_column(ForeignKey("alerts.id", ondelete="CASCADE"), index=True)
     channel: Mapped[str] = mapped_column(String(20))  # webhook, email
     target: Mapped[str] = mapped_column(String(2000))
     status: Mapped[str] = mapped_column(String(20), default="pending")  # pending, sending, sent, failed
@@ -170,6 +167,15 @@ class Delivery(Base):
     #: The outbox claim: who is sending it now, since when (a stale claim can be taken over).
     claimed_by: Mapped[str | None] = mapped_column(String(100), nullable=True)
     claimed_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class Delivery(DeliveryColumns, Base):
+    """One alert to one destination and how sending it went."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (UniqueConstraint("alert_id", "channel", "target", name="uq_delivery"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    alert_id: Mapped[int] = mapped_column(ForeignKey("alerts.id", ondelete="CASCADE"), index=True)
 
     alert: Mapped[Alert] = relationship(back_populates="deliveries")
 
