@@ -163,6 +163,7 @@ def test_metrics_survive_a_database_that_is_not_ours(repo: ModelRepository, tmp_
     the rest of /metrics, inference and the API's clear 503 stay."""
     from fastapi.testclient import TestClient
 
+    from conftest import wait_ready
     from eodeploy.web.app import create_app
 
     bad = tmp_path / "not-a-db.sqlite"
@@ -174,6 +175,7 @@ def test_metrics_survive_a_database_that_is_not_ours(repo: ModelRepository, tmp_
         r = client.get("/monitor/areas")
         assert r.status_code == 503 and "cannot be used" in r.json()["error"]
         assert str(tmp_path) not in r.text and "sqlite:///…" in r.text  # no server paths in errors
+        wait_ready(client)  # models load in the background: ready once loaded, database or not
         assert client.get("/v2/health/ready").status_code == 200
     assert bad.read_bytes().startswith(b"this is not")  # nothing stored was touched
 
