@@ -98,12 +98,16 @@ async def main(args: argparse.Namespace) -> dict:
         request = service_pb2.ModelInferRequest(model_name=spec["model"])
         request.inputs.add(name=spec["input"], datatype=spec["datatype"], shape=list(x.shape))
         request.raw_input_contents.append(x.tobytes())
-        channel = grpc.aio.insecure_channel(args.target, options=[("grpc.max_send_message_length", 64 << 20)])
-        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        # One connection per client, as independent clients have (a local subchannel pool: channels
+        # to the same target would otherwise share one TCP connection, i.e. one server worker).
+        options = [("grpc.max_send_message_length", 64 << 20), ("grpc.use_local_subchannel_pool", 1)]
+        channels = [grpc.aio.insecure_channel(args.target, options=options) for _ in range(args.connections)]
         await asyncio.gather(
-            *(grpc_worker(stub, request, stop_at, warm_until, out) for _ in range(args.connections))
-        )
-        await channel.close()
+            *(grpc_worker(service_pb2_grpc.GRPCInferenceServiceStub(ch), request, stop_at, warm_until, out)
+              for ch in channels)
+        )  # fmt: skip
+        for ch in channels:
+            await ch.close()
     else:
         host, port = args.target.split(":")
         request = build_http(

@@ -4,7 +4,7 @@ Every server serves the same package (same ONNX model, same preprocessing, raw u
 the load generator (benchmarks/loadgen.py) runs in its own process; the in-process ONNX Runtime
 limit is measured in the same run. Prints a table, writes benchmarks/results/serving.{json,md}.
 
-    python benchmarks/serving.py [--duration 8] [--only eodeploy,flask]
+    python benchmarks/serving.py [--duration 8] [--only eodeploy,flask] [--workers 1,2]
 """
 
 from __future__ import annotations
@@ -183,6 +183,9 @@ def main() -> None:
     ap.add_argument("--only", default="eodeploy,flask,litserve,kserve")
     ap.add_argument("--out", type=Path, default=HERE / "results")
     ap.add_argument("--model", default=MODEL, help="package name in --repo (its latest version is served)")
+    ap.add_argument("--workers", type=lambda v: [int(w) for w in v.split(",")], default=[1, 2],
+                    help="eodeploy serve --workers values to measure, comma-separated")  # fmt: skip
+    ap.add_argument("--binary-only", action="store_true", help="eodeploy: binary REST and gRPC rows only")
     args = ap.parse_args()
     MODEL = args.model
     only = set(args.only.split(","))
@@ -211,27 +214,21 @@ def main() -> None:
                           f"p50 {res['p50_ms'] or 0:7.1f} ms  p99 {res['p99_ms'] or 0:7.1f} ms  {res['status']}")  # fmt: skip
 
     if "eodeploy" in only:
-        port, gport = free_port(), free_port()
-        env = {"EODEPLOY_CACHE_MIB": "0", "EODEPLOY_LOG_JSON": "false", "EODEPLOY_POLL_INTERVAL_S": "0"}
-        cmd = [
-            py,
-            "-c",
-            "from eodeploy.cli.main import main; main()",
-            "serve",
-            str(args.repo),
-            "--port",
-            str(port),
-            "--grpc-port",
-            str(gport),
-        ]
-        with Server("eodeploy", cmd, f"http://127.0.0.1:{port}/v2/health/ready", env):
-            url = f"http://127.0.0.1:{port}"
-            for k in ("oip_binary", "oip_json", "tf_json"):
-                check_answer("eodeploy", url, payloads[k])
-            run("eodeploy", "OIP REST binary", f"127.0.0.1:{port}", "oip_binary", [1, 32])
-            run("eodeploy", "OIP gRPC raw", f"127.0.0.1:{gport}", "grpc", [1, 32], grpc=True)
-            run("eodeploy", "OIP REST JSON", f"127.0.0.1:{port}", "oip_json", [1, 32])
-            run("eodeploy", "TF Serving JSON", f"127.0.0.1:{port}", "tf_json", [32])
+        for workers in args.workers:
+            name = "eodeploy" if workers == 1 else f"eodeploy x{workers}"
+            port, gport = free_port(), free_port()
+            env = {"EODEPLOY_CACHE_MIB": "0", "EODEPLOY_LOG_JSON": "false", "EODEPLOY_POLL_INTERVAL_S": "0"}
+            cmd = [py, "-c", "from eodeploy.cli.main import main; main()", "serve", str(args.repo),
+                   "--port", str(port), "--grpc-port", str(gport), "--workers", str(workers)]  # fmt: skip
+            with Server(name, cmd, f"http://127.0.0.1:{port}/v2/health/ready", env):
+                url = f"http://127.0.0.1:{port}"
+                for k in ("oip_binary", "oip_json", "tf_json"):
+                    check_answer(name, url, payloads[k])
+                run(name, "OIP REST binary", f"127.0.0.1:{port}", "oip_binary", [1, 32])
+                run(name, "OIP gRPC raw", f"127.0.0.1:{gport}", "grpc", [1, 32], grpc=True)
+                if not args.binary_only:
+                    run(name, "OIP REST JSON", f"127.0.0.1:{port}", "oip_json", [1, 32])
+                    run(name, "TF Serving JSON", f"127.0.0.1:{port}", "tf_json", [32])
     if "flask" in only:
         port = free_port()
         cmd = [py, str(HERE / "peers" / "flask_server.py"), str(package), str(port)]

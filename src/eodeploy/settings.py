@@ -27,6 +27,9 @@ class Settings(BaseSettings):
     ort_spinning: bool = True
     host: str = "127.0.0.1"
     port: int = 8000
+    #: Server processes sharing the HTTP and gRPC ports (SO_REUSEPORT; see eodeploy.serve.workers).
+    #: Each gets cores // workers ONNX Runtime threads unless intra_op_threads is set.
+    workers: int = Field(1, ge=1)
     #: Open Inference Protocol gRPC port (0: no gRPC server).
     grpc_port: int = 8001
     #: Default version policy for models without serving.json: "latest:N", "all" or "specific:1,3".

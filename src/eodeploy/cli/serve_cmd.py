@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import math
+import socket
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from eodeploy.cli._common import err_console, handle_errors, settings
 from eodeploy.errors import InsecureConfigError
+
+if TYPE_CHECKING:
+    from eodeploy.settings import Settings
 
 
 def is_loopback(host: str) -> bool:
@@ -50,6 +54,13 @@ def serve(
     max_batch_size: Annotated[int | None, typer.Option(help="Dynamic batcher: largest batch.")] = None,
     max_queue_delay_ms: Annotated[float | None, typer.Option(help="Dynamic batcher: longest wait.")] = None,
     redis_url: Annotated[str | None, typer.Option(help="Share the response cache through Redis.")] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Server processes sharing the ports, each with cores/N ONNX Runtime threads (default 1).",
+        ),
+    ] = None,
     insecure: Annotated[
         bool,
         typer.Option(
@@ -62,12 +73,9 @@ def serve(
 
     Settings not given here come from EODEPLOY_* environment variables (see docs/serving.md).
     """
-    import uvicorn
-
-    from eodeploy.serve.lifecycle import DrainingServer, check_port_free
+    from eodeploy.serve.lifecycle import check_port_free
     from eodeploy.serve.middleware import configure_logging
     from eodeploy.serve.policy import VersionPolicy
-    from eodeploy.web.app import create_app
 
     overrides = {
         "model_repo": model_repo,
@@ -78,6 +86,7 @@ def serve(
         "max_batch_size": max_batch_size,
         "max_queue_delay_ms": max_queue_delay_ms,
         "redis_url": redis_url,
+        "workers": workers,
         "insecure": insecure or None,
     }
     cfg = settings().model_copy(update={k: v for k, v in overrides.items() if v is not None})
@@ -91,17 +100,41 @@ def serve(
     if cfg.grpc_port:
         check_port_free(cfg.host, cfg.grpc_port, "gRPC", "--grpc-port (0 turns gRPC off)")
     configure_logging(cfg.log_json)
+    where = (
+        f"eodeploy serving {cfg.model_repo} on http://{cfg.host}:{cfg.port} "
+        f"(docs at /docs, metrics at /metrics)"
+        + (f", gRPC on {cfg.host}:{cfg.grpc_port}" if cfg.grpc_port else "")
+    )
+    if cfg.workers > 1:
+        from eodeploy.serve.workers import Supervisor
+
+        supervisor = Supervisor(cfg)
+        err_console.print(
+            f"{where}, {cfg.workers} worker processes with {supervisor.cfg.intra_op_threads} "
+            "ONNX Runtime thread(s) each"
+        )
+        raise typer.Exit(supervisor.run())
+    err_console.print(where)
+    if not run_server(cfg):  # uvicorn could not bind after all (taken since the check): it logged why
+        raise typer.Exit(1)
+
+
+def run_server(cfg: Settings, sockets: list[socket.socket] | None = None, worker: int | None = None) -> bool:
+    """One server process (the only one, or a worker on ``sockets``) until it has drained; False
+    when it never started."""
+    import uvicorn
+
+    from eodeploy.serve.lifecycle import DrainingServer
+    from eodeploy.serve.middleware import configure_logging
+    from eodeploy.web.app import create_app
+
+    if worker is not None:  # a spawned worker: a fresh interpreter
+        configure_logging(cfg.log_json)
     app = create_app(cfg)
     config = uvicorn.Config(
         app, host=cfg.host, port=cfg.port, log_config=None, access_log=False,
         timeout_graceful_shutdown=math.ceil(cfg.drain_timeout_s),
     )  # fmt: skip
     server = DrainingServer(config, app.state, cfg.drain_delay_s, cfg.drain_timeout_s)
-    err_console.print(
-        f"eodeploy serving {cfg.model_repo} on http://{cfg.host}:{cfg.port} "
-        f"(docs at /docs, metrics at /metrics)"
-        + (f", gRPC on {cfg.host}:{cfg.grpc_port}" if cfg.grpc_port else "")
-    )
-    server.run()
-    if not server.started:  # uvicorn could not bind after all (taken since the check): it logged why
-        raise typer.Exit(1)
+    server.run(sockets=sockets)
+    return bool(server.started)

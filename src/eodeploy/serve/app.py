@@ -45,13 +45,16 @@ def create_inference_app(settings: Settings | None = None, grpc: bool = True) ->
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = app.state
-        await state.registry.start()
+        # One of several workers on a shared port (serve.workers) waits for its models before
+        # uvicorn listens, so the kernel never hands it a connection it would answer "not ready".
+        workers = settings.workers > 1
+        await state.registry.start(wait=workers)
         grpc_server: Any = None
         if grpc and settings.grpc_port:
             from eodeploy.serve.oip_grpc import start_grpc_server
 
             grpc_server = await start_grpc_server(
-                state, settings.host, settings.grpc_port, int(settings.max_body_mib * 2**20)
+                state, settings.host, settings.grpc_port, int(settings.max_body_mib * 2**20), workers
             )
         state.grpc_server = grpc_server
         try:
@@ -105,7 +108,7 @@ def create_inference_app(settings: Settings | None = None, grpc: bool = True) ->
     )
     async def prometheus_metrics(request: Request) -> Response:
         # In the thread pool: the monitoring collector reads the database.
-        body = await run_in_threadpool(generate_latest, request.app.state.metrics.registry)
+        body = await run_in_threadpool(generate_latest, request.app.state.metrics.exposition)
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     return app

@@ -131,6 +131,7 @@ class JsonLogFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
             "request_id": request_id.get(),
+            "pid": record.process,  # which worker process (serve --workers)
         }
         extra = getattr(record, "http", None)
         if extra:

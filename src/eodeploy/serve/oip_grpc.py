@@ -185,12 +185,17 @@ async def _infer(pb: Any, state: Any, request: Any, metadata: dict[str, Any]) ->
     return response
 
 
-async def start_grpc_server(state: Any, host: str, port: int, max_message_bytes: int) -> grpc.aio.Server:
+async def start_grpc_server(
+    state: Any, host: str, port: int, max_message_bytes: int, reuseport: bool = False
+) -> grpc.aio.Server:
+    """``reuseport``: several worker processes share the port (``serve --workers``); off otherwise,
+    so a second server on a taken port fails instead of silently sharing it."""
     _, pb_grpc = _stubs()
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.so_reuseport", int(reuseport)),
         ]
     )
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(make_servicer(state), server)

@@ -82,10 +82,13 @@ class ModelRegistry:
         self._rng = random.Random()
 
     # --- lifecycle ------------------------------------------------------------------------------
-    async def start(self) -> None:
+    async def start(self, wait: bool = False) -> None:
         """Load models in the background: the server answers liveness at once, and readiness
-        (503 until then) only once every model has a version loaded and warmed up."""
+        (503 until then) only once every model has a version loaded and warmed up. ``wait``: return
+        only when the load has finished."""
         self._load_task = asyncio.get_running_loop().create_task(self._initial_load())
+        if wait:
+            await asyncio.shield(self._load_task)
 
     async def _initial_load(self) -> None:
         try:

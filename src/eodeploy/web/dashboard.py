@@ -97,7 +97,7 @@ def mount(app: FastAPI) -> None:
 
     register_mimetypes()
     warn_missing_assets(logging.getLogger("eodeploy.web"))
-    app.state.live_stats = LiveStats(app.state.metrics.registry)
+    app.state.live_stats = LiveStats(app.state.metrics.exposition)
     app.mount("/dashboard/static", StaticFiles(directory=HERE / "static"), name="dashboard-static")
     app.include_router(public_router)
     app.include_router(router)

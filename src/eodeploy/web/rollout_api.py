@@ -119,7 +119,7 @@ def start_rollout(request: Request, name: str, body: RolloutRequest) -> Response
                               require_agreement=body.require_agreement),
         max_inconclusive=body.max_inconclusive,
     )  # fmt: skip
-    registry = state.metrics.registry
+    registry = state.metrics.exposition
     controller = Controller(
         repo.root, name, options, text_source(lambda: generate_latest(registry).decode()), db,
         VersionPolicy.parse(state.settings.version_policy), actor="controller",
