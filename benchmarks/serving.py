@@ -59,12 +59,17 @@ def in_process(package: Path, x: np.ndarray, seconds: float = 3.0) -> dict[str, 
     for bs in (1, 8, 32, 128):
         batch = np.repeat(x, bs, axis=0)
         p.predict_proba(batch)
-        n, t0 = 0, time.perf_counter()
+        n, t0, c0 = 0, time.perf_counter(), time.process_time()
         while time.perf_counter() - t0 < seconds:
             p.predict_proba(batch, batch_size=bs)
             n += bs
         out[str(bs)] = n / (time.perf_counter() - t0)
+        IN_PROCESS_CPU_MS[str(bs)] = (time.process_time() - c0) * 1000 / n
     return out
+
+
+#: CPU per image in process (ONNX Runtime's threads included), by batch size: the model's own cost.
+IN_PROCESS_CPU_MS: dict[str, float] = {}
 
 
 def bodies(x: np.ndarray, tmp: Path) -> dict[str, tuple[str, Path, dict[str, str]]]:
@@ -100,6 +105,8 @@ def bodies(x: np.ndarray, tmp: Path) -> dict[str, tuple[str, Path, dict[str, str
 
 
 class Server:
+    current: Server | None = None
+
     def __init__(
         self,
         name: str,
@@ -133,6 +140,7 @@ class Server:
             try:
                 code = requests.get(self.ready_url, timeout=1).status_code
                 if code == 200 or (self.any_answer and code < 500):
+                    Server.current = self
                     return self
             except requests.RequestException:
                 pass
@@ -148,6 +156,20 @@ class Server:
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
         time.sleep(1)
+
+
+def session_cpu_s(sid: int) -> float:
+    """CPU seconds (user + system) of every live process in session ``sid``: a server started
+    with ``start_new_session`` and all its workers."""
+    total, tick = 0, os.sysconf("SC_CLK_TCK")
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid:  # fields after "(comm)": state ppid pgrp session ... utime stime
+            total += int(fields[11]) + int(fields[12])
+    return total / tick
 
 
 def load(
@@ -207,7 +229,19 @@ def main() -> None:
         server: str, protocol: str, target: str, payload_key: str, conns: list[int], grpc: bool = False
     ) -> None:
         for c in conns:
+            import resource
+
+            sid = Server.current.proc.pid if Server.current else 0
+            cpu0, kids0 = session_cpu_s(sid), resource.getrusage(resource.RUSAGE_CHILDREN)
             res = load(target, payloads[payload_key], c, args.duration, grpc=grpc)
+            kids1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            # CPU covers the load generator's 2-s warm-up too: count its requests at the same rate.
+            n = max(1.0, res["throughput"] * (args.duration + 2))
+            # Where the 2 cores went: the server (all its processes) and the load generator, per image.
+            res["server_cpu_ms_per_img"] = (session_cpu_s(sid) - cpu0) * 1000 / n
+            res["loadgen_cpu_ms_per_img"] = (
+                (kids1.ru_utime + kids1.ru_stime - kids0.ru_utime - kids0.ru_stime) * 1000 / n
+            )
             res.update(server=server, protocol=protocol, share_of_limit=res["throughput"] / best)
             rows.append(res)
             console.print(f"  {server:9s} {protocol:22s} c={c:<3d} {res['throughput']:7.1f} img/s  "
@@ -281,6 +315,8 @@ def report(rows: list[dict], limit: dict[str, float], out: Path) -> None:
         "x Flask",
         "p50 ms",
         "p99 ms",
+        "server CPU ms/img",
+        "loadgen CPU ms/img",
         "non-200",
     ]
     for c in cols:
@@ -290,17 +326,22 @@ def report(rows: list[dict], limit: dict[str, float], out: Path) -> None:
         bad = sum(v for k, v in r["status"].items() if k != "200") + r["errors"]
         cells = [r["server"], r["protocol"], str(r["connections"]), f"{r['throughput']:.0f}",
                  f"{r['share_of_limit']:.0%}", f"{r['throughput'] / flask32:.1f}x" if flask32 else "-",
-                 f"{r['p50_ms']:.1f}" if r["p50_ms"] else "-", f"{r['p99_ms']:.1f}" if r["p99_ms"] else "-", str(bad)]  # fmt: skip
+                 f"{r['p50_ms']:.1f}" if r["p50_ms"] else "-", f"{r['p99_ms']:.1f}" if r["p99_ms"] else "-",
+                 f"{r['server_cpu_ms_per_img']:.2f}", f"{r['loadgen_cpu_ms_per_img']:.2f}", str(bad)]  # fmt: skip
         table.add_row(*cells)
         md.append("| " + " | ".join(cells) + " |")
     console.print(table)
     out.mkdir(parents=True, exist_ok=True)
-    result = {"model": MODEL, "in_process_img_s": limit, "machine": machine(), "rows": rows,
+    result = {"model": MODEL, "in_process_img_s": limit, "in_process_cpu_ms_per_img": IN_PROCESS_CPU_MS,
+              "machine": machine(), "rows": rows,
               "date": time.strftime("%Y-%m-%d")}  # fmt: skip
     (out / f"serving-{MODEL}.json").write_text(json.dumps(result, indent=2))
     (out / f"serving-{MODEL}.md").write_text(
         "In-process limit (Predictor incl. preprocessing): "
-        + ", ".join(f"batch {k}: {v:.0f} img/s" for k, v in limit.items())
+        + ", ".join(
+            f"batch {k}: {v:.0f} img/s ({IN_PROCESS_CPU_MS.get(k, 0):.2f} CPU ms/img)"
+            for k, v in limit.items()
+        )
         + "\n\n"
         + "\n".join(md)
         + "\n"
