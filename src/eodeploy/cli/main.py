@@ -12,6 +12,7 @@ from eodeploy.cli import (
     data_cmd,
     doctor_cmd,
     feedback_cmd,
+    health_cmd,
     models_cmd,
     monitor_cmd,
     optimize_cmd,
@@ -34,6 +35,7 @@ app.command("optimize")(optimize_cmd.optimize)
 app.command("benchmark")(optimize_cmd.benchmark)
 app.command("predict")(predict_cmd.predict)
 app.command("doctor")(doctor_cmd.doctor)
+app.command("health")(health_cmd.health)
 app.command("retrain")(feedback_cmd.retrain)
 app.add_typer(feedback_cmd.triggers_app, name="triggers")
 
