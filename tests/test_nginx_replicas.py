@@ -27,8 +27,8 @@ RATE = 100.0  # requests per second, as the issue asks
 def _need_nginx() -> None:
     if not os.access(NGINX, os.X_OK):
         if os.environ.get("EODEPLOY_REQUIRE_EXTRAS") == "1":
-            pytest.fail(f"nginx is not installed at {NGINX}: apt-get install nginx-light (.ci/run does)")
-        pytest.skip("nginx is not installed (apt-get install nginx-light)")
+            pytest.fail(f"nginx is not installed at {NGINX}: apt-get install nginx (.ci/run does)")
+        pytest.skip("nginx is not installed (apt-get install nginx)")
 
 
 class Stack:
