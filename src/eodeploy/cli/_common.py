@@ -9,6 +9,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from eodeploy.errors import EodeployError
 from eodeploy.settings import Settings
@@ -40,7 +41,8 @@ def handle_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except EodeployError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            # escape: "pip install 'eodeploy[plot]'" is not Rich markup
+            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]

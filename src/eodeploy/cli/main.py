@@ -74,12 +74,23 @@ def evaluate(
     console.print(report_table(report))
     console.print(confusion_table(report))
     if save:
-        png = plot_confusion(report, plot or pkg.path / f"confusion_{split}.png")
+        from eodeploy.errors import MissingExtraError
+
+        try:
+            png: Path | None = plot_confusion(report, plot or pkg.path / f"confusion_{split}.png")
+        except MissingExtraError as exc:
+            if plot is not None:  # asked for by name: an error; else the scores are stored without it
+                raise
+            png = None
+            err_console.print(
+                f"no confusion-matrix plot: {exc}", markup=False, highlight=False, soft_wrap=True
+            )
         evaluations = dict(pkg.properties.get("eodeploy:evaluations", {}))
         key = f"{Path(data_dir).name}:{split}"
         evaluations[key] = {k: report[k] for k in ("n", "accuracy", "macro_f1", "data_hash", "evaluated")}
         pkg.update_properties({"eodeploy:evaluations": evaluations})
-        console.print(f"confusion matrix plot: {png}")
+        if png is not None:
+            console.print(f"confusion matrix plot: {png}")
     elif plot:
         console.print(f"confusion matrix plot: {plot_confusion(report, plot)}")
 

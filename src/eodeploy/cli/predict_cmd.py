@@ -133,5 +133,6 @@ def _report(src: str, stats: dict, target: Path | None = None) -> None:  # type:
         if stats[key]:
             table.add_row(f"[dim]{label}", f"{stats[key]:,.1f}", f"{stats[key] / total:.1%}")
     console.print(table)
+    preview = target is None or (target / "preview.png").exists()  # absent without the plot extra
     console.print(f"{stats['windows']} windows in {stats['seconds']:.1f} s; outputs: classes.tif, confidence.tif, "
-                  f"polygons.geojson, stats.json, item.json, preview.png")  # fmt: skip
+                  f"polygons.geojson, stats.json, item.json" + (", preview.png" if preview else ""))  # fmt: skip

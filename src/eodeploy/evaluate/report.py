@@ -49,6 +49,9 @@ def evaluate(predictor: Predictor, data: PatchDataset, batch_size: int = 64) -> 
 
 
 def plot_confusion(report: dict[str, Any], path: str | Path, title: str = "") -> Path:
+    from eodeploy._lazy import lazy_import
+
+    lazy_import("matplotlib", "plot")  # not in the server image: a clear error naming the extra
     import matplotlib
 
     matplotlib.use("Agg")

@@ -223,7 +223,11 @@ def write_preview(
 ) -> None:
     """A quick-look map (PNG) with a legend of the classes present, axes in the map's CRS and
     unit, and ``outline`` (a WGS84 shapely geometry: the area of interest) drawn over it; read
-    from the COG at a reduced resolution so it costs little even for a full tile."""
+    from the COG at a reduced resolution so it costs little even for a full tile. Needs the ``plot``
+    extra (MissingExtraError otherwise)."""
+    from eodeploy._lazy import lazy_import
+
+    lazy_import("matplotlib", "plot")
     import matplotlib
 
     matplotlib.use("Agg")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import shutil
 import time
 import uuid
@@ -11,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from eodeploy.errors import DataError
+from eodeploy.errors import DataError, MissingExtraError
 from eodeploy.geo.infer import classify_scene
 from eodeploy.geo.outputs import (
     CLASSES_TIF,
@@ -220,8 +221,11 @@ def _predict_scene(
         }
         (work / "stats.json").write_text(json.dumps(stats, indent=2))
         name = Path(source[0] if isinstance(source, list) else source).name
-        write_preview(work / CLASSES_TIF, work / "preview.png", spec,
-                      f"{name} — {predictor.package.name} v{predictor.package.version}", outline=aoi)  # fmt: skip
+        try:
+            write_preview(work / CLASSES_TIF, work / "preview.png", spec,
+                          f"{name} — {predictor.package.name} v{predictor.package.version}", outline=aoi)  # fmt: skip
+        except MissingExtraError as exc:  # e.g. in the server image: the maps matter, the picture can wait
+            logging.getLogger(__name__).warning("no preview.png for %s: %s", out.name, exc)
         write_stac_item(work, scene, stats, spec, predictor.package.path / "item.json", polygons, out.name)
         if out.exists():
             old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"

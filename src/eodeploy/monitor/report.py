@@ -120,6 +120,9 @@ def plot_series(data: dict[str, Any], path: str | Path) -> Path:
     """The target class over time: valid observations as a line, cloudy ones marked, alerts in red."""
     from datetime import datetime
 
+    from eodeploy._lazy import lazy_import
+
+    lazy_import("matplotlib", "plot")  # not in the server image: a clear error naming the extra
     import matplotlib
 
     matplotlib.use("Agg")
