@@ -137,6 +137,8 @@ def test_probes_ports_and_security_match_the_server() -> None:
     for c, env in containers:
         env = {**env, **{e["name"]: e.get("value", "") for e in c.get("env", [])}}
         for key in env:  # every setting named is one the server reads
+            if key == "PROTOCOL":  # KServe's, not ours
+                continue
             assert key.startswith("EODEPLOY_") and key.removeprefix("EODEPLOY_").lower() in fields, key
         ports = {p.get("name", str(p["containerPort"])): p["containerPort"] for p in c.get("ports", [])}
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
@@ -156,6 +158,7 @@ def test_probes_ports_and_security_match_the_server() -> None:
         for p in pod_specs(render(w)):
             assert p["securityContext"]["runAsNonRoot"] and p["securityContext"]["runAsUser"] != 0
             assert p["automountServiceAccountToken"] is False
+            assert p["enableServiceLinks"] is False  # else Service env vars land in EODEPLOY_*
 
 
 def test_selectors_select_and_the_hpa_scales_the_deployment() -> None:

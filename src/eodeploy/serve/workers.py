@@ -156,7 +156,9 @@ class Supervisor:
                 if p.pid is not None:  # its live gauges (queue length, model ready) no longer count
                     multiprocess.mark_process_dead(p.pid, metrics_dir)
                 if self.stopping:
-                    codes[i] = p.exitcode
+                    # Killed by our own SIGTERM before it could install its handler (still importing,
+                    # nothing loaded, not listening): nothing was cut off, so that is a clean stop.
+                    codes[i] = 0 if p.exitcode == -signal.SIGTERM else p.exitcode
                     continue
                 quick = time.monotonic() - self.started[i] < EARLY_EXIT_S
                 self.early_exits = self.early_exits + 1 if quick else 0
