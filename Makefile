@@ -14,11 +14,11 @@ $(BIN)/python:
 
 # Then the dashboard's front-end files, pinned in src/eodeploy/web/assets.lock.json, from the npm registry.
 install: $(BIN)/python
-	$(BIN)/pip install -q -e '.[plot]'
+	$(BIN)/pip install -q -e '.[plot,convert]'
 	$(BIN)/python -m eodeploy.web.assets
 
 install-dev: $(BIN)/python
-	$(BIN)/pip install -q -e '.[plot,train,keras,serve,openvino,litert,dask,postgres,dev]'
+	$(BIN)/pip install -q -e '.[plot,convert,train,keras,serve,openvino,litert,dask,postgres,dev]'
 	$(BIN)/python -m eodeploy.web.assets
 
 # Main job on embedded defaults: the bundled model evaluated on the held-out split of the shared

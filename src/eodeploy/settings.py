@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -17,6 +17,9 @@ class Settings(BaseSettings):
     default_model: str = "eurosat-cnn"
     #: Labelled EuroSAT-layout patches used by the default evaluation.
     data_dir: Path = Path("../shared/data/eurosat")
+    #: Prebuilt browser models (``eodeploy models fuse``): the dashboard hands these out, and a server
+    #: without the ``convert`` extra (the server image) can only hand out these. Built ones are kept here.
+    fused_dir: Path | None = None
     #: ONNX Runtime threads (0: let ONNX Runtime decide).
     intra_op_threads: int = 0
     inter_op_threads: int = 0
@@ -155,6 +158,12 @@ class Settings(BaseSettings):
     #: Where trigger alerts go (areas' own webhook/e-mails get their drift triggers too).
     trigger_webhook_url: str | None = None
     trigger_emails: list[str] = []
+
+    @field_validator("fused_dir", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        """EODEPLOY_FUSED_DIR= (empty) means no folder, not the current one."""
+        return None if value == "" else value
 
 
 def cache_dir() -> Path:

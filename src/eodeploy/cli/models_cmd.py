@@ -4,6 +4,7 @@ list the history of routing decisions."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -80,6 +81,33 @@ def validate(
     console.print(
         f"{pkg.name} v{pkg.version}: item.json valid (STAC MLM v1.5.2), model.onnx matches its sha256"
     )
+
+
+@app.command()
+@handle_errors
+def fuse(
+    ref: Annotated[
+        str | None, typer.Argument(help="NAME[:VERSION]; every version of every model when left out.")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Folder for the graphs (default: EODEPLOY_FUSED_DIR).")
+    ] = None,
+    repo: RepoOpt = None,
+) -> None:
+    """Build each package's browser model (its preprocessing, the network and the softmax in one
+    ONNX graph, checked against the Python path) into a folder, so that a server without the
+    ``convert`` extra (the server image) can hand it to the dashboard: set EODEPLOY_FUSED_DIR there."""
+    from eodeploy.package import open_package
+    from eodeploy.package.fused import write_fused
+
+    directory = out or settings().fused_dir
+    if directory is None:
+        raise typer.BadParameter("give --out FOLDER or set EODEPLOY_FUSED_DIR", param_hint="--out")
+    r = ModelRepository(repo_path(repo))
+    packages = [open_package(ref, r.root)] if ref else list(r)
+    for pkg in packages:
+        path = write_fused(pkg, directory)
+        console.print(f"{pkg.name} v{pkg.version}: {path} ({path.stat().st_size / 1024:.0f} KiB)")
 
 
 @app.command()

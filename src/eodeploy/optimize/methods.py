@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from eodeploy._lazy import lazy_import
 from eodeploy.errors import EodeployError
 from eodeploy.runtime.predictor import Predictor
 
@@ -26,6 +27,7 @@ def quantize_int8(
     Percentile calibration (99.999 %) with per-channel weights kept the bundled model's test
     predictions identical; MinMax changed one of 75 (see docs/benchmarks.md).
     """
+    onnx = lazy_import("onnx", "convert")  # what onnxruntime.quantization is built on
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -62,8 +64,6 @@ def quantize_int8(
             raise OptimizationError(
                 f"ONNX Runtime could not quantise {predictor.package.model_path}: {exc}"
             ) from exc
-        import onnx
-
         quantized = onnx.load(str(out))
     # Shape annotations left by pre-processing are redundant at run time; dropping them is ~1 % of the file.
     del quantized.graph.value_info[:]
@@ -83,7 +83,7 @@ def quantize_int8(
 def convert_fp16(predictor: Predictor) -> tuple[bytes, dict[str, Any]]:
     """Weights and activations in float16, inputs and outputs kept float32 (for GPUs; CPUs
     mostly run float16 graphs slower)."""
-    import onnx
+    onnx = lazy_import("onnx", "convert")
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     model = onnx.load(str(predictor.package.model_path))

@@ -17,12 +17,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import threading
 from collections import OrderedDict
+from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from eodeploy._files import atomic_write_bytes
+from eodeploy._lazy import lazy_import
 from eodeploy.errors import EodeployError, PackageSpecError
 from eodeploy.package.repository import ModelPackage
 from eodeploy.package.spec import ModelSpec
@@ -42,6 +47,14 @@ UNIT_RANGES = {"reflectance": (0.0, 1.0), "dn": (0.0, 10000.0), "rgb8": (0.0, 25
 _PREFIX = "model/"
 #: Metadata key naming the edge between the preprocessing and the model (what ``check_fused`` probes).
 MODEL_INPUT_KEY = "eodeploy:model_input"
+#: Bumped when build_fused changes what it builds: files built by an older one are not used.
+FORMAT = 1
+log = logging.getLogger("eodeploy.package")
+
+
+def _onnx() -> ModuleType:
+    """The onnx package: building a graph needs it (the ``convert`` extra), serving a prebuilt one does not."""
+    return lazy_import("onnx", "convert")
 
 
 class FusedGraphError(EodeployError, ValueError):
@@ -125,11 +138,11 @@ def build_fused(model: onnx.ModelProto, spec: ModelSpec) -> onnx.ModelProto:
     """``model`` (the package's bare network) with ``spec``'s preprocessing before it and, for a
     logits output, a softmax after it. The model's own nodes and initializers are kept, their
     names prefixed with ``model/``; the ops used exist in the model's opset (8 or later)."""
-    import onnx
+    onnx_lib = _onnx()
     from onnx import TensorProto, helper, numpy_helper
 
     _opset(model)
-    fused = onnx.compose.add_prefix(model, _PREFIX)
+    fused = onnx_lib.compose.add_prefix(model, _PREFIX)
     g = fused.graph
     initializers = {i.name for i in g.initializer}
     inputs = [i for i in g.input if i.name not in initializers]
@@ -216,8 +229,8 @@ def build_fused(model: onnx.ModelProto, spec: ModelSpec) -> onnx.ModelProto:
         },
     )
     try:
-        onnx.checker.check_model(fused)
-    except onnx.checker.ValidationError as exc:
+        onnx_lib.checker.check_model(fused)
+    except onnx_lib.checker.ValidationError as exc:
         raise FusedGraphError(f"the fused graph of model {spec.name!r} is not valid ONNX: {exc}") from exc
     return fused
 
@@ -302,20 +315,19 @@ def check_fused(
     The preprocessed tensor inside the graph is compared with ``runtime.preprocess`` too
     (relative 1e-6): a model whose outputs saturate (probabilities of exactly 0 and 1) would
     hide a wrong scaling from the probabilities alone."""
-    import onnx
+    onnx_lib = _onnx()
 
     from eodeploy.runtime.predictor import Predictor
     from eodeploy.runtime.preprocess import preprocess
 
-    if isinstance(fused, bytes):
-        fused = onnx.load_from_string(fused)
+    graph: onnx.ModelProto = onnx_lib.load_from_string(fused) if isinstance(fused, bytes) else fused
     if x is None:
         x = check_inputs(pkg, n)
     x = np.ascontiguousarray(x, dtype=np.float32)
     where = f"the fused graph of {pkg.name} v{pkg.version}"
     predictor = Predictor(pkg, providers=["CPUExecutionProvider"], verify=False)
     expected = predictor.predict_proba(x)
-    got = _run_fused(fused_session(fused), x, predictor.fixed_batch)
+    got = _run_fused(fused_session(graph), x, predictor.fixed_batch)
     if got.shape != expected.shape:
         raise FusedGraphError(f"{where} outputs shape {got.shape}, the Python path {expected.shape}")
     diff = float(np.abs(got - expected).max())
@@ -325,7 +337,7 @@ def check_fused(
             f"{len(x)} patch(es) (tolerance {TOLERANCE:g}); its value_scaling, layout or output "
             "kind is not what the graph applies"
         )
-    probe, edge = _probe(fused)
+    probe, edge = _probe(graph)
     fixed = predictor.fixed_batch
     rows = x[:fixed] if fixed and len(x) >= fixed else x
     if fixed and len(rows) < fixed:
@@ -345,11 +357,11 @@ def check_fused(
 # --- building, once per package version ---------------------------------------------------------------
 def fused_model(pkg: ModelPackage, check: bool = True, verify: bool = True) -> onnx.ModelProto:
     """The package's fused graph, checked against the Python path on a few patches."""
-    import onnx
+    onnx_lib = _onnx()
 
     if verify:
         pkg.verify()
-    fused = build_fused(onnx.load(str(pkg.model_path)), pkg.spec)
+    fused = build_fused(onnx_lib.load(str(pkg.model_path)), pkg.spec)
     if check:
         check_fused(pkg, fused)
     return fused
@@ -371,9 +383,29 @@ _cache_lock = threading.Lock()
 _build_lock = threading.Lock()
 
 
-def fused_model_bytes(pkg: ModelPackage) -> bytes:
+def fused_file(pkg: ModelPackage, directory: Path) -> Path:
+    """Where ``eodeploy models fuse`` puts ``pkg``'s graph in ``directory``: named by everything it
+    is built from (model sha256, the item's input/output description, this builder's FORMAT), so a
+    changed package or builder never picks up a stale file."""
+    name, version, sha, recipe = _cache_key(pkg)
+    return Path(directory) / f"{name}-v{version}-{sha[:16] or 'unrecorded'}-{recipe[:16]}-f{FORMAT}.onnx"
+
+
+def write_fused(pkg: ModelPackage, directory: Path) -> Path:
+    """Build and check ``pkg``'s fused graph and write it into ``directory`` (atomically)."""
+    path = fused_file(pkg, directory)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, fused_model(pkg).SerializeToString())
+    return path
+
+
+def fused_model_bytes(pkg: ModelPackage, directory: Path | None = None) -> bytes:
     """The serialised fused graph of ``pkg``, built and checked once per (name, version,
-    sha256) and kept in a small LRU cache (what a server hands the browser)."""
+    sha256) and kept in a small LRU cache (what a server hands the browser).
+
+    With ``directory`` (``EODEPLOY_FUSED_DIR``), a graph ``eodeploy models fuse`` wrote there is
+    read instead of built (it was checked when it was written), and one built here is written
+    there when the directory is writable. Building needs the ``convert`` extra."""
     key = _cache_key(pkg)
     with _cache_lock:
         if key in _cache:
@@ -383,7 +415,17 @@ def fused_model_bytes(pkg: ModelPackage) -> bytes:
         with _cache_lock:
             if key in _cache:
                 return _cache[key]
-        data = fused_model(pkg).SerializeToString()
+        path = fused_file(pkg, directory) if directory is not None else None
+        if path is not None and path.is_file():
+            data = path.read_bytes()
+        else:
+            data = fused_model(pkg).SerializeToString()
+            if path is not None:
+                try:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    atomic_write_bytes(path, data)
+                except OSError as exc:  # a read-only directory: served from memory all the same
+                    log.warning("could not keep the fused graph in %s: %s", path.parent, exc)
         with _cache_lock:
             _cache[key] = data
             while len(_cache) > CACHE_SIZE:

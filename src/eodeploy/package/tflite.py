@@ -34,7 +34,7 @@ def _attrs(node: Any) -> dict[str, Any]:
 
 
 def onnx_to_tflite(model_path: str | Path) -> bytes:
-    import onnx
+    onnx = lazy_import("onnx", "convert")
     from onnx import numpy_helper
 
     tf = lazy_import("tensorflow", "keras")

@@ -22,6 +22,7 @@ from eodeploy.errors import (
     EodeployError,
     InferenceTimeoutError,
     InvalidInputError,
+    MissingExtraError,
     ModelNotFoundError,
     ModelNotReadyError,
     NotAuthenticatedError,
@@ -49,6 +50,7 @@ TABLE: list[tuple[type[EodeployError], int, str]] = [
     (DataError, 400, "INVALID_ARGUMENT"),
     (PackageSpecError, 400, "INVALID_ARGUMENT"),
     (PackageIntegrityError, 503, "UNAVAILABLE"),
+    (MissingExtraError, 501, "UNIMPLEMENTED"),  # this server was installed without what it takes
 ]
 INTERNAL_MESSAGE = "internal server error; the server log has the details"
 

@@ -461,7 +461,7 @@ async def browser_model(request: Request, name: str, version: int) -> Response:
     from eodeploy.package.fused import fused_model_bytes
 
     pkg = request.app.state.registry.resolve(name, str(version), None, None).package
-    body = await run_in_threadpool(fused_model_bytes, pkg)
+    body = await run_in_threadpool(fused_model_bytes, pkg, request.app.state.settings.fused_dir)
     return Response(
         body, media_type="application/octet-stream", headers={"Cache-Control": "private, max-age=86400"}
     )
