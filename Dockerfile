@@ -10,28 +10,45 @@ ARG BASE=localhost/debian-py:bookworm-slim
 FROM ${BASE} AS build
 # 1 with the wheelhouse below holding everything (deploy/image/build.sh): no index is asked.
 ARG PIP_NO_INDEX=0
+# strip for deploy/image/slim-venv.sh, and venv's pip where the base lacks it (Debian's python3
+# without python3-venv); this stage is thrown away, the runtime has neither.
+# hadolint ignore=DL3008
+RUN apt-get update -q \
+    && apt-get install -y -q --no-install-recommends binutils \
+    && { python3 -m ensurepip --version >/dev/null 2>&1 \
+         || apt-get install -y -q --no-install-recommends python3-venv; } \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 # Wheels built on the host for builds that cannot reach PyPI; an empty folder otherwise (mkdir .whl).
 COPY .whl/ /wheels/
 COPY pyproject.toml README.md ./
 COPY src ./src
-# Core + server + PostgreSQL driver only: no training, TensorFlow, OpenVINO or test stacks.
+# Core + server + PostgreSQL driver only: no training, conversion (onnx), TensorFlow, OpenVINO,
+# plotting or test stacks. Bytecode is written by slim-venv.sh, for what the server imports.
+# onnx goes beside the venv, not into it: slim-venv.sh builds the browser models with it.
+# hadolint ignore=DL3013
 RUN python3 -m venv /opt/venv \
-    && /opt/venv/bin/pip install --no-cache-dir --find-links /wheels ".[serve,postgres]" \
-    && /opt/venv/bin/pip uninstall --yes pip setuptools wheel \
-    && find /opt/venv -depth -type d -name tests -path "*/site-packages/*" -exec rm -rf {} +
+    && /opt/venv/bin/pip install --no-cache-dir --no-compile --find-links /wheels ".[serve,postgres]" \
+    && /opt/venv/bin/pip install --no-cache-dir --no-compile --no-deps --find-links /wheels \
+       --target /tmp/onnx onnx \
+    && /opt/venv/bin/pip uninstall --yes pip setuptools wheel
+COPY models ./models
+COPY deploy/image/slim-venv.sh ./
+RUN ./slim-venv.sh /src/models /opt/eodeploy/fused /tmp/onnx
 
 FROM ${BASE}
 RUN groupadd --system --gid 10001 eodeploy \
     && useradd --system --uid 10001 --gid 10001 --home-dir /tmp --no-create-home \
        --shell /usr/sbin/nologin eodeploy
 COPY --from=build /opt/venv /opt/venv
+COPY --from=build /opt/eodeploy/fused /opt/eodeploy/fused
 COPY models /opt/eodeploy/models
 ENV PATH=/opt/venv/bin:$PATH \
     HOME=/tmp \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     EODEPLOY_MODEL_REPO=/opt/eodeploy/models \
+    EODEPLOY_FUSED_DIR=/opt/eodeploy/fused \
     EODEPLOY_HOST=0.0.0.0 \
     EODEPLOY_PORT=8000 \
     EODEPLOY_GRPC_PORT=8001 \

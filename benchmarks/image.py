@@ -48,6 +48,48 @@ def start(port: int, name: str) -> tuple[float, str]:
     raise RuntimeError(sh("podman", "logs", name, check=False))
 
 
+def browser_model(port: int) -> tuple[int, float]:
+    """The dashboard's browser model of eurosat-cnn v3 from the image (prebuilt in its build stage:
+    the image has no onnx), run here against the Python path on the same raw patches."""
+    import onnxruntime as ort
+
+    from eodeploy.package import ModelRepository
+    from eodeploy.package.fused import PROBABILITIES, RAW_INPUT, check_inputs
+    from eodeploy.runtime import Predictor
+
+    r = requests.get(f"http://127.0.0.1:{port}/dashboard/models/eurosat-cnn/3/model.onnx", timeout=60)
+    if r.status_code != 200:
+        return r.status_code, float("nan")
+    pkg = ModelRepository(ROOT / "models").get("eurosat-cnn", 3)
+    x = check_inputs(pkg, 8)
+    got = ort.InferenceSession(r.content, providers=["CPUExecutionProvider"]).run(
+        [PROBABILITIES], {RAW_INPUT: x}
+    )[0]
+    return 200, float(np.abs(got - Predictor(pkg).predict_proba(x)).max())
+
+
+def stale_bytecode(port: int) -> int:
+    """.pyc files a server start writes when it may (a writable root, bytecode writing on): each is
+    a module the image's bytecode does not cover, compiled again at every start on a read-only root."""
+    name = "eodeploy-bench-pyc"
+    sh("podman", "rm", "-f", name, check=False)
+    sh(*RUN[:RUN.index("--read-only")], "-d", "--name", name, "-e", "PYTHONDONTWRITEBYTECODE=", "-e",
+       f"EODEPLOY_PORT={port}", "-e", "EODEPLOY_INSECURE=1", "--user", "0", IMAGE)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(f"http://127.0.0.1:{port}/v2/health/ready", timeout=1).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.1)
+        changes = sh("podman", "diff", name).splitlines()
+    finally:
+        sh("podman", "rm", "-f", name, check=False)
+    return sum(1 for line in changes if line.endswith(".pyc") and line[:1] in "AC")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--no-build", action="store_true")
@@ -81,6 +123,8 @@ def main() -> None:
     infer = requests.post(
         f"http://127.0.0.1:{args.port}/v2/models/eurosat-cnn/infer", json=body, timeout=30
     ).status_code
+    browser, browser_dp = browser_model(args.port)
+    docs = requests.get(f"http://127.0.0.1:{args.port}/static/swagger-ui/swagger-ui-bundle.js", timeout=30)
     pid = sh("podman", "inspect", "-f", "{{.State.Pid}}", name)
     rss_mb = (
         int(
@@ -97,8 +141,11 @@ def main() -> None:
     stop_s = time.monotonic() - t0
     code = int(sh("podman", "inspect", "-f", "{{.State.ExitCode}}", name))
     sh("podman", "rm", "-f", name)
+    stale = stale_bytecode(args.port)
     res = {"date": time.strftime("%Y-%m-%d"), "image_mb": size_mb, "largest": parts.splitlines(),
            "start_to_ready_s": starts, "uid": uid, "healthcheck_rc": health, "infer_status": infer,
+           "browser_model_status": browser, "browser_model_max_dp": browser_dp,
+           "swagger_ui_status": docs.status_code, "pyc_compiled_at_start": stale,
            "rss_mb": rss_mb, "stop_s": stop_s, "exit_code": code}  # fmt: skip
     table = Table(title=f"{IMAGE} (podman + runc, --read-only, tmpfs /tmp)")
     for c in ("measure", "value", "target"):
@@ -108,6 +155,11 @@ def main() -> None:
     table.add_row("uid", uid, "non-root")
     table.add_row("HEALTHCHECK (eodeploy health)", "healthy" if health == 0 else f"rc {health}", "healthy")
     table.add_row("inference", str(infer), "200")
+    table.add_row(
+        "dashboard browser model (prebuilt, no onnx)", f"{browser}, max |dp| {browser_dp:.1e}", "200"
+    )
+    table.add_row("Swagger UI files (/docs)", str(docs.status_code), "200")
+    table.add_row(".pyc compiled at start (stale or missing)", str(stale), "0")
     table.add_row("RSS after one request", f"{rss_mb:.0f} MB", "")
     table.add_row("podman stop -t 30", f"{stop_s:.2f} s, exit {code}", "exit 0")
     console.print(table)

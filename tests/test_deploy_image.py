@@ -65,6 +65,11 @@ def test_the_runtime_stage_is_slim_non_root_and_matches_the_server() -> None:
     assert exposed == {int(env["EODEPLOY_PORT"]), int(env["EODEPLOY_GRPC_PORT"])}
     assert re.search(r'^HEALTHCHECK .*CMD \["eodeploy", "health"\]$', text, re.M)
     assert 'ENTRYPOINT ["eodeploy"]' in text and "HOME=/tmp" in text  # writable HOME on a RO root
+    # The image has no onnx (the convert extra): its browser models are built in the build stage
+    # (deploy/image/slim-venv.sh) and the server is pointed at them.
+    assert f"COPY --from=build {env['EODEPLOY_FUSED_DIR']} {env['EODEPLOY_FUSED_DIR']}" in text
+    slim = next(line for line in build if "slim-venv.sh" in line and line.startswith("RUN "))
+    assert env["EODEPLOY_FUSED_DIR"] in slim and ".[serve,postgres]" in "\n".join(build)
     # only what the image needs goes into the build context
     ignore = (ROOT / ".dockerignore").read_text().split()
     assert ignore[0] == "*" and "!src/" in ignore and "!models/" in ignore

@@ -8,7 +8,8 @@ cd "$(dirname "$0")/../.."
 BASE=localhost/debian-py:bookworm-slim
 if ! podman image exists "$BASE"; then
   rootfs=$(mktemp -d)
-  debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates bookworm "$rootfs" \
+  # python3 only: the Dockerfile's build stage adds python3-venv (pip's wheels) and binutils itself.
+  debootstrap --variant=minbase --include=python3,ca-certificates bookworm "$rootfs" \
     http://deb.debian.org/debian
   rm -rf "$rootfs"/var/cache/apt/* "$rootfs"/var/lib/apt/lists/* "$rootfs"/usr/share/{doc,locale,man}/*
   tar -C "$rootfs" -c . | podman import - "$BASE"
@@ -18,6 +19,6 @@ fi
 # Wheels for the image's Python (Debian's 3.11.2: redis then also wants async-timeout).
 PY=${PYTHON:-python3}
 rm -rf .whl && mkdir -p .whl
-"$PY" -m pip wheel -q -w .whl ".[serve,postgres]" async-timeout "setuptools>=69" wheel
+"$PY" -m pip wheel -q -w .whl ".[serve,postgres,convert]" async-timeout "setuptools>=69" wheel
 buildah bud --isolation chroot --network host --format docker --build-arg BASE="$BASE" --build-arg PIP_NO_INDEX=1 \
   -t localhost/eodeploy:0.1.0 -t localhost/eodeploy:latest .
