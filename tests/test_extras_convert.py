@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from conftest import BIAS, WEIGHTS, linear_onnx, linear_spec, reference_proba, r
 from eodeploy.cli.main import app
 from eodeploy.errors import MissingExtraError
 from eodeploy.package import ModelPackage, ModelRepository
+from eodeploy.package import fused as fused_module
 from eodeploy.package.fused import (
     PROBABILITIES,
     RAW_INPUT,
@@ -168,3 +170,47 @@ def test_the_dashboard_serves_prebuilt_browser_models_without_onnx(
         assert ok.status_code == 200 and ok.content == graph
         missing = client.get("/dashboard/models/lin/2/model.onnx")
         assert missing.status_code == 501 and EXTRA_LINE in missing.json()["error"], missing.text
+
+
+def test_a_file_from_another_model_or_builder_is_never_served(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Same name and version, another network (another repository): another file. A file written
+    by another builder FORMAT under this package's key is left alone, not served."""
+    (a,) = _repo(tmp_path / "a", WEIGHTS)
+    (b,) = _repo(tmp_path / "b", -WEIGHTS)
+    fused = tmp_path / "fused"
+    assert (a.name, a.version) == (b.name, b.version) and fused_file(a, fused) != fused_file(b, fused)
+    monkeypatch.setattr(fused_module, "FORMAT", 0)
+    old = fused_file(a, fused)
+    old.parent.mkdir(parents=True)
+    old.write_bytes(b"graph of an older builder")
+    monkeypatch.setattr(fused_module, "FORMAT", 1)
+    graph = fused_model_bytes(a, fused)
+    assert graph != b"graph of an older builder" and old.read_bytes() == b"graph of an older builder"
+    x = np.random.default_rng(1).uniform(0, 3000, (2, *linear_input_shape())).astype(np.float32)
+    np.testing.assert_allclose(_probabilities(graph, x), reference_proba(x), atol=1e-5)
+
+
+def test_every_module_imports_without_onnx() -> None:
+    """What the server image has: no onnx. Every eodeploy module imports in a fresh interpreter where
+    importing onnx fails (training modules need PyTorch, which the image has not either)."""
+    code = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('onnx', 'torch', 'tensorflow', 'matplotlib'):\n"
+        "            raise ImportError('blocked: ' + name, name=name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import pkgutil, importlib, eodeploy\n"
+        "n = 0\n"
+        "for info in pkgutil.walk_packages(eodeploy.__path__, 'eodeploy.'):\n"
+        "    if info.name.startswith(('eodeploy.train.', 'eodeploy.optimize.prune')):\n"
+        "        continue\n"
+        "    importlib.import_module(info.name)\n"
+        "    n += 1\n"
+        "print(n)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert int(out.stdout.strip()) > 100
