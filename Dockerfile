@@ -42,7 +42,7 @@ RUN groupadd --system --gid 10001 eodeploy \
        --shell /usr/sbin/nologin eodeploy
 COPY --from=build /opt/venv /opt/venv
 COPY --from=build /opt/eodeploy/fused /opt/eodeploy/fused
-COPY models /opt/eodeploy/models
+COPY --from=build /src/models /opt/eodeploy/models
 ENV PATH=/opt/venv/bin:$PATH \
     HOME=/tmp \
     PYTHONDONTWRITEBYTECODE=1 \

@@ -11,25 +11,38 @@ SITE=$(echo "$VENV"/lib/python3*/site-packages)
 
 # Debug symbols of the extension modules (~100 MB). Not the libraries auditwheel vendored into
 # *.libs/: patchelf rewrote those, and strip leaves them unloadable ("ELF load command
-# address/offset not page-aligned").
-find "$SITE" -type f -name '*.so*' -not -path '*.libs/*' -exec strip --strip-unneeded {} +
-# Every extension module still loads (a damaged one would fail here, not in production).
-"$VENV"/bin/python - "$SITE" <<'PY'
-import importlib, pathlib, sys
+# address/offset not page-aligned"). Every shared object is loaded before and after (modules
+# imported, other libraries dlopen'ed): one that loaded before and fails after stops the build.
+cat > /tmp/load-all.py <<'PY'
+import ctypes, importlib, pathlib, sys
 site = pathlib.Path(sys.argv[1])
-bad = []
-for so in site.rglob("*.so"):
+failed = []
+for so in sorted(site.rglob("*.so*")):
     rel = so.relative_to(site)
-    if any(p.endswith(".libs") for p in rel.parts) or rel.parts[0].endswith(".dist-info"):
+    if not so.is_file() or any(p.endswith(".libs") for p in rel.parts):
         continue
     try:
-        importlib.import_module(".".join((*rel.parts[:-1], rel.name.split(".")[0])))
-    except ImportError as exc:
-        if "ELF" in str(exc):
-            bad.append(f"{rel}: {exc}")
-if bad:
-    sys.exit("stripped extension modules that no longer load:\n" + "\n".join(bad))
+        try:  # an extension module: imported
+            importlib.import_module(".".join((*rel.parts[:-1], so.name.split(".")[0])))
+        except ImportError:  # a plain library, or a module that wants another imported first
+            ctypes.CDLL(str(so))
+    except Exception as exc:  # recorded, compared before/after
+        failed.append(f"{rel}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+pathlib.Path(sys.argv[2]).write_text("\n".join(failed) + "\n")
 PY
+"$VENV"/bin/python /tmp/load-all.py "$SITE" /tmp/load-before.txt
+find "$SITE" -type f -name '*.so*' -not -path '*.libs/*' -exec strip --strip-unneeded {} +
+"$VENV"/bin/python /tmp/load-all.py "$SITE" /tmp/load-after.txt
+sed 's/: .*//' /tmp/load-before.txt | sort -u > /tmp/load-before.names
+sed 's/: .*//' /tmp/load-after.txt | sort -u > /tmp/load-after.names
+if [ -n "$(comm -13 /tmp/load-before.names /tmp/load-after.names)" ]; then
+    echo "stripped shared objects that no longer load:" >&2
+    comm -13 /tmp/load-before.names /tmp/load-after.names | while read -r name; do
+        grep -F "$name: " /tmp/load-after.txt >&2
+    done
+    exit 1
+fi
+rm -f /tmp/load-all.py /tmp/load-before.* /tmp/load-after.*
 # ONNX Runtime's C-API library (34 MB): for programs that link it; the Python binding does not load it.
 rm -f "$SITE"/onnxruntime/capi/libonnxruntime.so.*
 # ONNX Runtime's offline tooling (model conversion, quantisation, transformer optimisation): eodeploy
@@ -40,6 +53,20 @@ rm -rf "$SITE"/onnxruntime/transformers "$SITE"/onnxruntime/quantization "$SITE"
 find "$SITE" -depth -type d -name tests -exec rm -rf {} +
 find "$SITE" -type f \( -name '*.h' -o -name '*.pxd' -o -name '*.pyx' -o -name '*.pyi' \
     -o -name '*.js.map' -o -name '*.css.map' \) -delete
+
+# The bundled models come without weights.pt (.dockerignore: only fine-tuning and pruning read it,
+# with PyTorch, which the image has not): their items stop linking to it, so no asset dangles.
+"$VENV"/bin/python - "$MODELS" <<'PY'
+import json, pathlib, sys
+for item_file in pathlib.Path(sys.argv[1]).glob("*/*/item.json"):
+    item = json.loads(item_file.read_text())
+    assets = item.get("assets", {})
+    gone = [k for k, a in assets.items() if not (item_file.parent / a["href"]).is_file()]
+    if gone:
+        item["assets"] = {k: a for k, a in assets.items() if k not in gone}
+        item_file.write_text(json.dumps(item, indent=2) + "\n")
+        print(f"{item_file.parent}: assets not in the image: {', '.join(gone)}")
+PY
 
 # The dashboard's browser models, built and checked now: the server has no onnx (the convert extra).
 PYTHONPATH=$ONNX "$VENV"/bin/eodeploy models fuse --repo "$MODELS" --out "$FUSED"
@@ -55,14 +82,19 @@ unset PYTHONDONTWRITEBYTECODE
 server=$!
 ready=1
 for _ in $(seq 240); do
-    if "$VENV"/bin/eodeploy health >/dev/null 2>&1; then ready=0; break; fi
-    kill -0 "$server" 2>/dev/null || break
+    kill -0 "$server" 2>/dev/null || break  # it exited: a taken port, a broken install
+    if "$VENV"/bin/eodeploy health >/dev/null 2>&1 && kill -0 "$server" 2>/dev/null; then
+        ready=0
+        break
+    fi
     sleep 0.25
 done
 kill -TERM "$server" 2>/dev/null || true
-wait "$server" || true
-if [ "$ready" -ne 0 ]; then
-    echo "slim-venv.sh: the server did not become ready on port $EODEPLOY_PORT (WARM_PORT=... picks another)" >&2
+rc=0
+wait "$server" || rc=$?
+if [ "$ready" -ne 0 ] || [ "$rc" -ne 0 ]; then  # SIGTERM drains it to exit 0
+    echo "slim-venv.sh: the warm-up server did not come up and stop cleanly on port $EODEPLOY_PORT" \
+        "(exit $rc; WARM_PORT=... and WARM_GRPC_PORT=... pick others)" >&2
     exit 1
 fi
 # Written again as unchecked-hash .pyc, with the packages requests use: COPY --from does not keep
