@@ -188,6 +188,10 @@ def test_a_file_from_another_model_or_builder_is_never_served(
     monkeypatch.setattr(fused_module, "FORMAT", 1)
     graph = fused_model_bytes(a, fused)
     assert graph != b"graph of an older builder" and old.read_bytes() == b"graph of an older builder"
+    # A damaged file under the right name is not handed out either: built again and replaced.
+    clear_cache()
+    fused_file(a, fused).write_bytes(graph[: len(graph) // 2])
+    assert fused_model_bytes(a, fused) == graph and fused_file(a, fused).read_bytes() == graph
     x = np.random.default_rng(1).uniform(0, 3000, (2, *linear_input_shape())).astype(np.float32)
     np.testing.assert_allclose(_probabilities(graph, x), reference_proba(x), atol=1e-5)
 

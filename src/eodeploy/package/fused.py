@@ -399,6 +399,20 @@ def write_fused(pkg: ModelPackage, directory: Path) -> Path:
     return path
 
 
+def _read_prebuilt(path: Path) -> bytes | None:
+    """A prebuilt graph ONNX Runtime can load (what the browser will run), else None: a damaged
+    or truncated file is built again (or refused, without onnx), never handed out."""
+    if not path.is_file():
+        return None
+    data = path.read_bytes()
+    try:
+        fused_session(data)
+    except FusedGraphError as exc:
+        log.warning("ignoring the prebuilt graph %s: %s", path, exc)
+        return None
+    return data
+
+
 def fused_model_bytes(pkg: ModelPackage, directory: Path | None = None) -> bytes:
     """The serialised fused graph of ``pkg``, built and checked once per (name, version,
     sha256) and kept in a small LRU cache (what a server hands the browser).
@@ -416,9 +430,8 @@ def fused_model_bytes(pkg: ModelPackage, directory: Path | None = None) -> bytes
             if key in _cache:
                 return _cache[key]
         path = fused_file(pkg, directory) if directory is not None else None
-        if path is not None and path.is_file():
-            data = path.read_bytes()
-        else:
+        data = _read_prebuilt(path) if path is not None else None
+        if data is None:
             data = fused_model(pkg).SerializeToString()
             if path is not None:
                 try:
