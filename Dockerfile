@@ -25,21 +25,27 @@ COPY pyproject.toml README.md ./
 COPY src ./src
 # Core + server + PostgreSQL driver only: no training, conversion (onnx), TensorFlow, OpenVINO,
 # plotting or test stacks. Bytecode is written by slim-venv.sh, for what the server imports.
-# onnx goes beside the venv, not into it: slim-venv.sh builds the browser models with it.
+# onnx goes beside the venv, not into it: slim-venv.sh builds the browser models with it. The
+# dashboard's front-end files (pinned in assets.lock.json) are checked, and fetched from the npm
+# registry when the context lacks them (a clone where `make install` never ran).
 # hadolint ignore=DL3013
 RUN python3 -m venv /opt/venv \
     && /opt/venv/bin/pip install --no-cache-dir --no-compile --find-links /wheels ".[serve,postgres]" \
     && /opt/venv/bin/pip install --no-cache-dir --no-compile --no-deps --find-links /wheels \
        --target /tmp/onnx onnx \
-    && /opt/venv/bin/pip uninstall --yes pip setuptools wheel
+    && /opt/venv/bin/pip uninstall --yes pip setuptools wheel \
+    && /opt/venv/bin/python -m eodeploy.web.assets
 COPY models ./models
 COPY deploy/image/slim-venv.sh ./
 RUN ./slim-venv.sh /src/models /opt/eodeploy/fused /tmp/onnx
 
 FROM ${BASE}
+# /var/lib/eodeploy: where compose and Kubernetes mount the shared maps volume; owned by the
+# server's user, so a fresh volume (which copies the mount point's owner) is writable.
 RUN groupadd --system --gid 10001 eodeploy \
     && useradd --system --uid 10001 --gid 10001 --home-dir /tmp --no-create-home \
-       --shell /usr/sbin/nologin eodeploy
+       --shell /usr/sbin/nologin eodeploy \
+    && install -d -o 10001 -g 10001 -m 0750 /var/lib/eodeploy
 COPY --from=build /opt/venv /opt/venv
 COPY --from=build /opt/eodeploy/fused /opt/eodeploy/fused
 COPY --from=build /src/models /opt/eodeploy/models

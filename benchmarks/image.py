@@ -3,7 +3,10 @@ size and its largest parts, container start to ready (read-only root, tmpfs /tmp
 HEALTHCHECK, a real inference, RSS, and a graceful stop. Prints a table, writes
 benchmarks/results/image.json. Builds first with deploy/image/build.sh unless --no-build.
 
-    python benchmarks/image.py [--no-build] [--starts 3]
+    python benchmarks/image.py [--no-build] [--starts 3] [--port 18480]
+
+podman here needs ``--ulimit nofile=4096:4096 --ulimit nproc=4096:4096`` (runc may not raise the
+limits past this sandbox's); the runs below pass them.
 """
 
 from __future__ import annotations
@@ -92,10 +95,10 @@ def stale_bytecode(port: int) -> int:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--no-build", action="store_true")
-    ap.add_argument("--starts", type=int, default=3)
-    ap.add_argument("--port", type=int, default=18480)
-    ap.add_argument("--out", type=Path, default=HERE / "results")
+    ap.add_argument("--no-build", action="store_true", help="measure the image already built")
+    ap.add_argument("--starts", type=int, default=3, help="container starts timed (default 3)")
+    ap.add_argument("--port", type=int, default=18480, help="host port of the containers (default 18480)")
+    ap.add_argument("--out", type=Path, default=HERE / "results", help="folder of image.json")
     args = ap.parse_args()
     if not args.no_build:
         subprocess.run(
@@ -104,7 +107,7 @@ def main() -> None:
             env={"PYTHON": sys.executable, "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
         )
     size_mb = json.loads(sh("podman", "image", "inspect", IMAGE))[0]["Size"] / 1e6
-    parts = sh(*RUN[:-3], "--entrypoint", "/bin/sh", IMAGE, "-c",
+    parts = sh(*RUN[:-3], "--rm", "--entrypoint", "/bin/sh", IMAGE, "-c",
                "du -sm /opt/venv/lib/python3.11/site-packages/* | sort -rn | head -8")  # fmt: skip
     starts = []
     for i in range(args.starts):

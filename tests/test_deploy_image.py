@@ -73,6 +73,11 @@ def test_the_runtime_stage_is_slim_non_root_and_matches_the_server() -> None:
     assert f"COPY --from=build {env['EODEPLOY_FUSED_DIR']} {env['EODEPLOY_FUSED_DIR']}" in text
     slim = next(line for line in build if "slim-venv.sh" in line and line.startswith("RUN "))
     assert env["EODEPLOY_FUSED_DIR"] in slim and ".[serve,postgres]" in "\n".join(build)
+    # Compose's named volume takes its owner from the image's mount point: created for uid 10001.
+    compose = (ROOT / "deploy" / "compose" / "compose.yaml").read_text()
+    mounts = set(re.findall(r"^\s*- maps:(/\S+)$", compose, re.M))
+    owned = set(re.findall(r"install -d -o 10001 -g 10001 (?:-m \d+ )?(\S+)", text))
+    assert mounts and mounts <= owned, (mounts, owned)
     # only what the image needs goes into the build context
     ignore = (ROOT / ".dockerignore").read_text().split()
     assert ignore[0] == "*" and "!src/" in ignore and "!models/" in ignore

@@ -54,8 +54,9 @@ find "$SITE" -depth -type d -name tests -exec rm -rf {} +
 find "$SITE" -type f \( -name '*.h' -o -name '*.pxd' -o -name '*.pyx' -o -name '*.pyi' \
     -o -name '*.js.map' -o -name '*.css.map' \) -delete
 
-# The bundled models come without weights.pt (.dockerignore: only fine-tuning and pruning read it,
-# with PyTorch, which the image has not): their items stop linking to it, so no asset dangles.
+# The bundled models without their PyTorch weights.pt (only fine-tuning and pruning read it, with
+# PyTorch, which the image has not): their items stop linking to it, so no asset dangles.
+rm -f "$MODELS"/*/*/weights.pt
 "$VENV"/bin/python - "$MODELS" <<'PY'
 import json, pathlib, sys
 for item_file in pathlib.Path(sys.argv[1]).glob("*/*/item.json"):
