@@ -20,5 +20,9 @@ fi
 PY=${PYTHON:-python3}
 rm -rf .whl && mkdir -p .whl
 "$PY" -m pip wheel -q -w .whl ".[serve,postgres,convert]" async-timeout "setuptools>=69" wheel
+# The dashboard's front-end files, fetched here like the wheels (as `make install` does; a no-op
+# when they are in place): the build stage only checks them, since containers here do not trust
+# this network's TLS interception for the npm registry.
+PYTHONPATH=src "$PY" -m eodeploy.web.assets
 buildah bud --isolation chroot --network host --format docker --build-arg BASE="$BASE" --build-arg PIP_NO_INDEX=1 \
   -t localhost/eodeploy:0.1.0 -t localhost/eodeploy:latest .
