@@ -35,16 +35,18 @@ def sh(*cmd: str, check: bool = True) -> str:
     return subprocess.run(cmd, capture_output=True, text=True, check=check).stdout.strip()
 
 
-def start(port: int, name: str) -> tuple[float, str]:
-    """Seconds from `podman run -d` to /v2/health/ready answering 200."""
+def run_ready(name: str, port: int, *options: str, grpc_port: int = 0, read_only: bool = True) -> float:
+    """Start a container (replacing one of that name) and return the seconds from `podman run -d`
+    to /v2/health/ready answering 200; its log in the error when it never does."""
+    run = RUN if read_only else RUN[: RUN.index("--read-only")]
     sh("podman", "rm", "-f", name, check=False)
     t0 = time.monotonic()
-    sh(*RUN, "-d", "--name", name, "-e", f"EODEPLOY_PORT={port}", "-e", "EODEPLOY_GRPC_PORT=0",
-       "-e", "EODEPLOY_INSECURE=1", IMAGE)  # fmt: skip
+    sh(*run, "-d", "--name", name, "-e", f"EODEPLOY_PORT={port}", "-e", f"EODEPLOY_GRPC_PORT={grpc_port}",
+       "-e", "EODEPLOY_INSECURE=1", *options, IMAGE)  # fmt: skip
     while time.monotonic() - t0 < 60:
         try:
             if requests.get(f"http://127.0.0.1:{port}/v2/health/ready", timeout=1).status_code == 200:
-                return time.monotonic() - t0, name
+                return time.monotonic() - t0
         except requests.ConnectionError:
             pass
         time.sleep(0.05)
@@ -75,18 +77,10 @@ def stale_bytecode(port: int) -> int:
     """.pyc files a server start writes when it may (a writable root, bytecode writing on): each is
     a module the image's bytecode does not cover, compiled again at every start on a read-only root."""
     name = "eodeploy-bench-pyc"
-    sh("podman", "rm", "-f", name, check=False)
-    sh(*RUN[:RUN.index("--read-only")], "-d", "--name", name, "-e", "PYTHONDONTWRITEBYTECODE=", "-e",
-       f"EODEPLOY_PORT={port}", "-e", "EODEPLOY_INSECURE=1", "--user", "0", IMAGE)  # fmt: skip
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(f"http://127.0.0.1:{port}/v2/health/ready", timeout=1).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            time.sleep(0.1)
+    try:  # gRPC on, as by default: its modules are part of a start
+        run_ready(
+            name, port, "-e", "PYTHONDONTWRITEBYTECODE=", "--user", "0", grpc_port=port + 1, read_only=False
+        )
         changes = sh("podman", "diff", name).splitlines()
     finally:
         sh("podman", "rm", "-f", name, check=False)
@@ -111,8 +105,8 @@ def main() -> None:
                "du -sm /opt/venv/lib/python3.11/site-packages/* | sort -rn | head -8")  # fmt: skip
     starts = []
     for i in range(args.starts):
-        dt, name = start(args.port, f"eodeploy-bench-{i}")
-        starts.append(dt)
+        name = f"eodeploy-bench-{i}"
+        starts.append(run_ready(name, args.port))
         if i < args.starts - 1:
             sh("podman", "rm", "-f", name)
     uid = sh("podman", "exec", name, "id", "-u")

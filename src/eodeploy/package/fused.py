@@ -391,11 +391,15 @@ def fused_file(pkg: ModelPackage, directory: Path) -> Path:
     return Path(directory) / f"{name}-v{version}-{sha[:16] or 'unrecorded'}-{recipe[:16]}-f{FORMAT}.onnx"
 
 
+def _store(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, data)
+
+
 def write_fused(pkg: ModelPackage, directory: Path) -> Path:
     """Build and check ``pkg``'s fused graph and write it into ``directory`` (atomically)."""
     path = fused_file(pkg, directory)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, fused_model(pkg).SerializeToString())
+    _store(path, fused_model(pkg).SerializeToString())
     return path
 
 
@@ -418,7 +422,8 @@ def fused_model_bytes(pkg: ModelPackage, directory: Path | None = None) -> bytes
     sha256) and kept in a small LRU cache (what a server hands the browser).
 
     With ``directory`` (``EODEPLOY_FUSED_DIR``), a graph ``eodeploy models fuse`` wrote there is
-    read instead of built (it was checked when it was written), and one built here is written
+    read instead of built (checked against the Python path when it was written; here only that
+    ONNX Runtime loads it), and one built here is written
     there when the directory is writable. Building needs the ``convert`` extra."""
     key = _cache_key(pkg)
     with _cache_lock:
@@ -435,8 +440,7 @@ def fused_model_bytes(pkg: ModelPackage, directory: Path | None = None) -> bytes
             data = fused_model(pkg).SerializeToString()
             if path is not None:
                 try:
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    atomic_write_bytes(path, data)
+                    _store(path, data)
                 except OSError as exc:  # a read-only directory: served from memory all the same
                     log.warning("could not keep the fused graph in %s: %s", path.parent, exc)
         with _cache_lock:
