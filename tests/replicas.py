@@ -13,7 +13,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -28,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 NGINX_CONF = ROOT / "deploy" / "nginx" / "eodeploy.conf"
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 
-from servers import free_port  # noqa: E402
+from servers import free_port, server_env, spawn_server, wait_ready  # noqa: E402
 
 
 def render_nginx(
@@ -115,46 +114,22 @@ class Replica:
     proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        environ = {
-            **os.environ,
-            "EODEPLOY_MODEL_REPO": str(self.repo),
-            "EODEPLOY_PORT": str(self.port),
-            "EODEPLOY_GRPC_PORT": str(self.grpc_port),
-            "EODEPLOY_INTRA_OP_THREADS": "1",
+        defaults = {
             "EODEPLOY_ORT_SPINNING": "false",
             "EODEPLOY_CACHE_MIB": "0",  # every request reaches the model
             "EODEPLOY_POLL_INTERVAL_S": "0",
             "EODEPLOY_LOG_JSON": "false",
-            "EODEPLOY_DATABASE_URL": f"sqlite:///{self.log.parent / 'monitor.db'}",
-            "EODEPLOY_MONITOR_DIR": str(self.log.parent / "monitoring"),
-            **self.env,
         }
-        with open(self.log, "ab") as fh:
-            # Started at nice 10 and raised to 0 once ready (wait_ready): on 2 cores a replica's
-            # ~1.5 CPU-seconds of start-up would otherwise slow the replicas serving meanwhile.
-            self.proc = subprocess.Popen(
-                [sys.executable, "-c", "from eodeploy.cli.main import main; main()", "serve"],
-                env=environ, stdout=fh, stderr=subprocess.STDOUT, preexec_fn=lambda: os.nice(10),
-            )  # fmt: skip
+        environ = server_env(self.repo, self.log, self.port, self.grpc_port, **{**defaults, **self.env})
+        # Started at nice 10 and raised to 0 once ready (wait_ready): on 2 cores a replica's
+        # ~1.5 CPU-seconds of start-up would otherwise slow the replicas serving meanwhile.
+        self.proc = spawn_server(environ, self.log, append=True, preexec_fn=lambda: os.nice(10))
 
     def wait_ready(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"replica exited with {self.proc.returncode}:\n{self.log.read_text()}")
-            try:
-                if (
-                    requests.get(f"http://127.0.0.1:{self.port}/v2/health/ready", timeout=1).status_code
-                    == 200
-                ):
-                    with contextlib.suppress(PermissionError):  # back to normal priority (root only)
-                        os.setpriority(os.PRIO_PROCESS, self.proc.pid, 0)
-                    return
-            except requests.ConnectionError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"replica not ready after {timeout} s:\n{self.log.read_text()}")
+        assert self.proc is not None
+        wait_ready(self.proc, f"http://127.0.0.1:{self.port}", self.log, timeout)
+        with contextlib.suppress(PermissionError):  # back to normal priority (root only)
+            os.setpriority(os.PRIO_PROCESS, self.proc.pid, 0)
 
     def terminate(self, timeout: float = 30) -> int:
         """SIGTERM and wait for the drain; the exit code."""
